@@ -1,0 +1,210 @@
+//! Pure sample encodings: f32 → s16 conversion, little-endian PCM bytes, the NDJSON frame
+//! object and the endless WAV header. Nothing here knows about frames being shared; `frame.rs`
+//! decides when (once per frame) these run.
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+/// Wire formats of raw PCM, as named in `?format=` and in `X-Pcm-Format`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PcmFormat {
+    F32le,
+    S16le,
+}
+
+impl PcmFormat {
+    pub fn name(self) -> &'static str {
+        match self {
+            PcmFormat::F32le => "f32le",
+            PcmFormat::S16le => "s16le",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "f32le" => Some(PcmFormat::F32le),
+            "s16le" => Some(PcmFormat::S16le),
+            _ => None,
+        }
+    }
+
+    pub fn bytes_per_sample(self) -> u16 {
+        match self {
+            PcmFormat::F32le => 4,
+            PcmFormat::S16le => 2,
+        }
+    }
+}
+
+/// Converts a float sample to s16: scaled by 2^15, rounded to nearest, clamped to the i16 range.
+/// NaN becomes 0. The inverse of `s as f32 / 32768.0` for every i16 `s`.
+pub fn f32_to_s16(sample: f32) -> i16 {
+    // `as` saturates and maps NaN to 0, which is exactly the clamp we want.
+    (sample * 32768.0).round() as i16
+}
+
+pub fn s16_to_f32(sample: i16) -> f32 {
+    f32::from(sample) / 32768.0
+}
+
+pub fn f32le_bytes(samples: &[f32]) -> Bytes {
+    let mut out = BytesMut::with_capacity(samples.len() * 4);
+    for &s in samples {
+        out.put_f32_le(s);
+    }
+    out.freeze()
+}
+
+pub fn s16le_bytes(samples: &[f32]) -> Bytes {
+    let mut out = BytesMut::with_capacity(samples.len() * 2);
+    for &s in samples {
+        out.put_i16_le(f32_to_s16(s));
+    }
+    out.freeze()
+}
+
+/// The NDJSON object of one frame, without a trailing newline.
+#[derive(serde::Serialize)]
+pub struct FrameJson<'a> {
+    pub seq: u64,
+    pub pts: u64,
+    pub time: f64,
+    pub rate: u32,
+    pub channels: u16,
+    pub samples: &'a [f32],
+}
+
+/// One NDJSON line: the frame object followed by `\n`.
+pub fn json_line(frame: &FrameJson<'_>) -> Bytes {
+    // ~10 bytes per sample ("-0.12345678,") is the common case; the Vec grows if needed.
+    let mut out = Vec::with_capacity(96 + frame.samples.len() * 12);
+    serde_json::to_writer(&mut out, frame).expect("serialising plain numbers cannot fail");
+    out.push(b'\n');
+    Bytes::from(out)
+}
+
+/// The same line with `"skipped":N` added, for the first frame a listener gets after a skip.
+pub fn with_skipped(line: &[u8], skipped: u64) -> Bytes {
+    let body = line
+        .strip_suffix(b"}\n")
+        .expect("a JSON frame line ends with a closing brace and a newline");
+    let mut out = Vec::with_capacity(line.len() + 24);
+    out.extend_from_slice(body);
+    out.extend_from_slice(format!(",\"skipped\":{skipped}}}\n").as_bytes());
+    Bytes::from(out)
+}
+
+/// Size written in the RIFF and data size fields of a live WAV: "until end of stream".
+pub const WAV_ENDLESS_SIZE: u32 = 0xFFFF_FFFF;
+
+/// The 44-byte canonical WAV header of an endless stream: PCM (format 1) for s16le, IEEE float
+/// (format 3) for f32le, with the RIFF and data sizes set to 0xFFFFFFFF.
+pub fn wav_header(format: PcmFormat, rate_hz: u32, channels: u16) -> Bytes {
+    let bytes_per_sample = format.bytes_per_sample();
+    let block_align = channels * bytes_per_sample;
+    let format_tag: u16 = match format {
+        PcmFormat::S16le => 1,
+        PcmFormat::F32le => 3,
+    };
+    let mut out = BytesMut::with_capacity(44);
+    out.put_slice(b"RIFF");
+    out.put_u32_le(WAV_ENDLESS_SIZE);
+    out.put_slice(b"WAVE");
+    out.put_slice(b"fmt ");
+    out.put_u32_le(16);
+    out.put_u16_le(format_tag);
+    out.put_u16_le(channels);
+    out.put_u32_le(rate_hz);
+    out.put_u32_le(rate_hz * u32::from(block_align));
+    out.put_u16_le(block_align);
+    out.put_u16_le(bytes_per_sample * 8);
+    out.put_slice(b"data");
+    out.put_u32_le(WAV_ENDLESS_SIZE);
+    out.freeze()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn s16_round_trip_is_exact_for_every_value() {
+        for s in i16::MIN..=i16::MAX {
+            assert_eq!(f32_to_s16(s16_to_f32(s)), s);
+        }
+    }
+
+    #[test]
+    fn s16_conversion_clamps_and_rounds() {
+        assert_eq!(f32_to_s16(1.0), i16::MAX);
+        assert_eq!(f32_to_s16(7.5), i16::MAX);
+        assert_eq!(f32_to_s16(-1.0), i16::MIN);
+        assert_eq!(f32_to_s16(-3.0), i16::MIN);
+        assert_eq!(f32_to_s16(f32::NAN), 0);
+        assert_eq!(f32_to_s16(f32::INFINITY), i16::MAX);
+        assert_eq!(f32_to_s16(0.6 / 32768.0), 1);
+        assert_eq!(f32_to_s16(0.4 / 32768.0), 0);
+        assert_eq!(f32_to_s16(-0.6 / 32768.0), -1);
+    }
+
+    proptest! {
+        #[test]
+        fn s16_conversion_is_nearest_in_range(x in -1.5f32..1.5) {
+            let s = f32_to_s16(x);
+            let exact = f64::from(x) * 32768.0;
+            let clamped = exact.clamp(-32768.0, 32767.0);
+            prop_assert!((f64::from(s) - clamped).abs() <= 0.5 + 1e-3, "{x} -> {s}");
+        }
+
+        #[test]
+        fn pcm_bytes_decode_to_the_samples(samples in proptest::collection::vec(-1.0f32..=1.0, 0..64)) {
+            let f32le = f32le_bytes(&samples);
+            let s16le = s16le_bytes(&samples);
+            prop_assert_eq!(f32le.len(), samples.len() * 4);
+            prop_assert_eq!(s16le.len(), samples.len() * 2);
+            for (i, &s) in samples.iter().enumerate() {
+                let f = f32::from_le_bytes(f32le[i * 4..i * 4 + 4].try_into().unwrap());
+                prop_assert_eq!(f.to_bits(), s.to_bits());
+                let h = i16::from_le_bytes(s16le[i * 2..i * 2 + 2].try_into().unwrap());
+                prop_assert_eq!(h, f32_to_s16(s));
+            }
+        }
+
+        #[test]
+        fn json_line_round_trips(samples in proptest::collection::vec(-1.0f32..=1.0, 0..32), seq in 0u64..1 << 40) {
+            let line = json_line(&FrameJson { seq, pts: seq * 16, time: 1.5, rate: 48_000, channels: 2, samples: &samples });
+            prop_assert!(line.ends_with(b"}\n"), "line ends with a brace and a newline");
+            let value: serde_json::Value = serde_json::from_slice(&line).unwrap();
+            prop_assert_eq!(value["seq"].as_u64(), Some(seq));
+            let parsed: Vec<f32> = value["samples"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
+            prop_assert_eq!(parsed, samples);
+            let skipped: serde_json::Value = serde_json::from_slice(&with_skipped(&line, 7)).unwrap();
+            prop_assert_eq!(skipped["skipped"].as_u64(), Some(7));
+            prop_assert_eq!(&skipped["samples"], &value["samples"]);
+        }
+    }
+
+    #[test]
+    fn wav_header_bytes_s16_stereo_48k() {
+        let header = wav_header(PcmFormat::S16le, 48_000, 2);
+        let mut expected = Vec::new();
+        expected.extend_from_slice(b"RIFF\xff\xff\xff\xffWAVEfmt ");
+        expected.extend_from_slice(&[16, 0, 0, 0, 1, 0, 2, 0]);
+        expected.extend_from_slice(&48_000u32.to_le_bytes());
+        expected.extend_from_slice(&192_000u32.to_le_bytes());
+        expected.extend_from_slice(&[4, 0, 16, 0]);
+        expected.extend_from_slice(b"data\xff\xff\xff\xff");
+        assert_eq!(header.as_ref(), expected.as_slice());
+    }
+
+    #[test]
+    fn wav_header_bytes_f32_mono_44k1() {
+        let header = wav_header(PcmFormat::F32le, 44_100, 1);
+        assert_eq!(header.len(), 44);
+        assert_eq!(&header[20..22], &[3, 0], "IEEE float format tag");
+        assert_eq!(&header[22..24], &[1, 0]);
+        assert_eq!(&header[24..28], &44_100u32.to_le_bytes());
+        assert_eq!(&header[28..32], &176_400u32.to_le_bytes());
+        assert_eq!(&header[32..36], &[4, 0, 32, 0]);
+    }
+}

@@ -1,0 +1,221 @@
+//! The framer: pops interleaved samples from the ring and cuts them into fixed-size frames
+//! stamped with `seq`, `pts` and capture `time`, which it hands to the hub.
+//!
+//! [`Framer`] is the pure cutting logic; [`spawn`] runs it on a dedicated thread that owns the
+//! ring's consumer half and the hub's [`Publisher`]. The thread sleeps in `park_timeout` and is
+//! woken by the ring writer after every push, so a frame is published as soon as its last
+//! sample is in the ring.
+
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use ringbuf::HeapCons;
+use ringbuf::traits::{Consumer, Observer};
+use tokio_util::sync::CancellationToken;
+
+use crate::frame::{Frame, StreamFormat};
+use crate::hub::Publisher;
+use crate::stats::{SourceState, Stats};
+
+pub struct Framer {
+    format: StreamFormat,
+    frame_len_samples: usize,
+    /// Samples of the frame being filled; its first sample has index `next_pts`.
+    pending: Vec<f32>,
+    next_seq: u64,
+    next_pts: u64,
+}
+
+impl Framer {
+    pub fn new(format: StreamFormat, frame_size_samples: usize) -> Framer {
+        let frame_len_samples = frame_size_samples * usize::from(format.channels);
+        Framer {
+            format,
+            frame_len_samples,
+            pending: Vec::with_capacity(frame_len_samples),
+            next_seq: 0,
+            next_pts: 0,
+        }
+    }
+
+    /// Adds interleaved samples and emits every frame they complete. `end_time` is the capture
+    /// time (Unix seconds) of the instant just after the last of these samples; frame times are
+    /// counted back from it at the stream's sample rate.
+    pub fn push(&mut self, mut samples: &[f32], end_time: f64, mut emit: impl FnMut(Frame)) {
+        let channels = usize::from(self.format.channels);
+        let end_pts = self.next_pts + ((self.pending.len() + samples.len()) / channels) as u64;
+        while !samples.is_empty() {
+            let take = (self.frame_len_samples - self.pending.len()).min(samples.len());
+            self.pending.extend_from_slice(&samples[..take]);
+            samples = &samples[take..];
+            if self.pending.len() == self.frame_len_samples {
+                emit(self.cut(end_pts, end_time));
+            }
+        }
+    }
+
+    /// Emits what is left as a short last frame (whole sample frames only), if anything is.
+    pub fn finish(&mut self, end_time: f64) -> Option<Frame> {
+        let channels = usize::from(self.format.channels);
+        self.pending
+            .truncate(self.pending.len() / channels * channels);
+        if self.pending.is_empty() {
+            return None;
+        }
+        let end_pts = self.next_pts + (self.pending.len() / channels) as u64;
+        Some(self.cut(end_pts, end_time))
+    }
+
+    fn cut(&mut self, end_pts: u64, end_time: f64) -> Frame {
+        let samples = std::mem::replace(
+            &mut self.pending,
+            Vec::with_capacity(self.frame_len_samples),
+        );
+        let len_per_channel = (samples.len() / usize::from(self.format.channels)) as u64;
+        let time = end_time - (end_pts - self.next_pts) as f64 / f64::from(self.format.rate_hz);
+        let frame = Frame::new(
+            self.next_seq,
+            self.next_pts,
+            time,
+            self.format,
+            samples.into_boxed_slice(),
+        );
+        self.next_seq += 1;
+        self.next_pts += len_per_channel;
+        frame
+    }
+}
+
+/// How long the framer sleeps when the ring is empty and nobody wakes it: a safety net for a
+/// missed wake-up and the delay with which it notices cancellation.
+const IDLE_WAIT: Duration = Duration::from_millis(20);
+
+/// Starts the framer thread. It runs until the source drops its ring writer (then it drains
+/// the ring, publishes the short last frame, drops the publisher, which ends every listener's
+/// stream once it has the retained frames, and cancels `source_ended`) or until `cancel` fires.
+pub fn spawn(
+    mut consumer: HeapCons<f32>,
+    mut framer: Framer,
+    publisher: Publisher,
+    stats: Arc<Stats>,
+    cancel: CancellationToken,
+    source_ended: CancellationToken,
+) -> std::io::Result<JoinHandle<()>> {
+    thread::Builder::new()
+        .name("pcmcast-framer".into())
+        .spawn(move || {
+            let mut scratch = vec![0.0f32; consumer.capacity().get()];
+            loop {
+                // Read before draining: once the writer is gone, whatever is left is the end.
+                let source_done = !consumer.write_is_held();
+                let popped = consumer.pop_slice(&mut scratch);
+                if popped > 0 {
+                    framer.push(&scratch[..popped], unix_now(), |frame| {
+                        publisher.publish(frame)
+                    });
+                    continue;
+                }
+                if cancel.is_cancelled() {
+                    stats.set_source_state(SourceState::Stopped);
+                    return;
+                }
+                if source_done {
+                    if let Some(last) = framer.finish(unix_now()) {
+                        publisher.publish(last);
+                    }
+                    stats.set_source_state(SourceState::Ended);
+                    drop(publisher);
+                    source_ended.cancel();
+                    return;
+                }
+                thread::park_timeout(IDLE_WAIT);
+            }
+        })
+}
+
+pub fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn cut_all(format: StreamFormat, frame_size: usize, chunks: &[Vec<f32>]) -> Vec<Frame> {
+        let mut framer = Framer::new(format, frame_size);
+        let mut frames = Vec::new();
+        for chunk in chunks {
+            framer.push(chunk, 100.0, |f| frames.push(f));
+        }
+        frames.extend(framer.finish(100.0));
+        frames
+    }
+
+    proptest! {
+        #[test]
+        fn frames_concatenate_to_the_input(
+            channels in 1u16..=8,
+            frame_size in 1usize..64,
+            chunk_lens in proptest::collection::vec(0usize..200, 0..20),
+        ) {
+            let format = StreamFormat { rate_hz: 8_000, channels };
+            let ch = usize::from(channels);
+            let mut next = 0.0f32;
+            let chunks: Vec<Vec<f32>> = chunk_lens.iter().map(|&n| {
+                (0..n * ch).map(|_| { next += 1.0; next }).collect()
+            }).collect();
+            let input: Vec<f32> = chunks.concat();
+            let frames = cut_all(format, frame_size, &chunks);
+
+            let output: Vec<f32> = frames.iter().flat_map(|f| f.samples.iter().copied()).collect();
+            prop_assert_eq!(output, input);
+            let mut pts = 0;
+            for (i, frame) in frames.iter().enumerate() {
+                prop_assert_eq!(frame.seq, i as u64);
+                prop_assert_eq!(frame.pts, pts);
+                let last = i + 1 == frames.len();
+                if !last {
+                    prop_assert_eq!(frame.len_per_channel(), frame_size);
+                } else {
+                    prop_assert!(frame.len_per_channel() >= 1 && frame.len_per_channel() <= frame_size);
+                }
+                pts += frame.len_per_channel() as u64;
+            }
+        }
+    }
+
+    #[test]
+    fn frame_time_counts_back_from_the_end_of_the_chunk() {
+        let format = StreamFormat {
+            rate_hz: 1_000,
+            channels: 1,
+        };
+        let mut framer = Framer::new(format, 100);
+        let mut frames = Vec::new();
+        // 250 samples arriving at t = 10.0 s: frames start 0.25 s and 0.15 s earlier.
+        framer.push(&[0.0; 250], 10.0, |f| frames.push(f));
+        assert_eq!(frames.len(), 2);
+        assert!((frames[0].time - 9.75).abs() < 1e-9);
+        assert!((frames[1].time - 9.85).abs() < 1e-9);
+        let last = framer.finish(10.5).expect("50 samples pending");
+        assert_eq!(last.pts, 200);
+        assert!((last.time - 10.45).abs() < 1e-9);
+    }
+
+    #[test]
+    fn a_partial_sample_frame_at_the_end_is_dropped() {
+        let format = StreamFormat {
+            rate_hz: 1_000,
+            channels: 2,
+        };
+        let mut framer = Framer::new(format, 4);
+        framer.push(&[1.0, 2.0, 3.0], 0.0, |_| panic!("no full frame"));
+        let last = framer.finish(0.0).expect("one whole sample frame");
+        assert_eq!(&*last.samples, &[1.0, 2.0]);
+        assert!(framer.finish(0.0).is_none());
+    }
+}

@@ -1,0 +1,77 @@
+//! `/status` (JSON) and `/healthz` (200 while frames flow, 503 otherwise).
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+use super::AppState;
+use crate::stats::SourceState;
+
+pub async fn status(State(state): State<Arc<AppState>>) -> Json<Value> {
+    let stats = &state.stats;
+    let source = &state.source;
+    let level = stats.last_level();
+    Json(json!({
+        "source": {
+            "kind": source.kind,
+            "name": source.name,
+            "state": stats.source_state().name(),
+            "rate": source.format.rate_hz,
+            "channels": source.format.channels,
+            "frame_size": state.frame_size_samples,
+        },
+        "frames_produced": stats.frames_produced.load(Relaxed),
+        "samples_dropped": stats.samples_dropped.load(Relaxed),
+        "listeners": {
+            "current": stats.listeners_current.load(Relaxed),
+            "peak": stats.listeners_peak.load(Relaxed),
+            "total": stats.listeners_total.load(Relaxed),
+        },
+        "frames_skipped": stats.frames_skipped.load(Relaxed),
+        "backlog_frames": state.hub.backlog_frames(),
+        "uptime_s": stats.uptime().as_secs_f64(),
+        "level": {
+            "rms": level.rms,
+            "peak": level.peak,
+            "rms_dbfs": dbfs(level.rms),
+            "peak_dbfs": dbfs(level.peak),
+        },
+    }))
+}
+
+/// Decibels relative to full scale; `null` in JSON for silence.
+fn dbfs(linear: f32) -> Option<f32> {
+    (linear > 0.0).then(|| 20.0 * linear.log10())
+}
+
+pub async fn healthz(State(state): State<Arc<AppState>>) -> Response {
+    let frame_period = state.frame_size_samples as f64 / f64::from(state.source.format.rate_hz);
+    // Healthy while a frame arrived within a few frame periods (at least a second).
+    let limit = Duration::from_secs_f64((4.0 * frame_period).max(1.0));
+    let source_state = state.stats.source_state();
+    let healthy = source_state == SourceState::Running
+        && state
+            .stats
+            .since_last_frame()
+            .is_some_and(|age| age <= limit);
+    if healthy {
+        return "ok".into_response();
+    }
+    let reason = match state.stats.since_last_frame() {
+        Some(age) if source_state == SourceState::Running => {
+            format!("no frame from the source for {:.1} s", age.as_secs_f64())
+        }
+        _ => format!("the source is {}", source_state.name()),
+    };
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        Json(json!({ "error": reason })),
+    )
+        .into_response()
+}

@@ -1,0 +1,275 @@
+//! The broadcast hub: hands every frame to every listener without ever waiting for one.
+//!
+//! The framer owns the [`Publisher`]; HTTP handlers hold clones of the [`Hub`] and call
+//! [`Hub::subscribe`] once per listener. Frames travel as `Arc<Frame>` through a bounded
+//! `tokio::sync::broadcast` channel: sending overwrites the oldest retained frame and never
+//! blocks, so a listener that stops reading costs at most the channel's fixed capacity, shared
+//! by all. A listener more than `backlog_frames` behind is skipped forward to the newest
+//! `backlog_frames` frames the next time it reads; the skip is counted and reported with the
+//! next frame it gets. Dropping the publisher closes the hub: listeners get what is still
+//! retained, then their streams end, and new subscriptions are refused.
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use tokio::sync::broadcast::{self, error::RecvError, error::TryRecvError};
+use tokio_stream::Stream;
+use tokio_util::sync::ReusableBoxFuture;
+
+use crate::frame::Frame;
+use crate::stats::{SourceState, Stats};
+
+struct Shared {
+    backlog_frames: usize,
+    burst_frames: usize,
+    /// The last `burst_frames` frames, for new listeners. Only touched when `burst_frames > 0`;
+    /// the publisher holds the lock across its send so that a subscriber taking the lock gets
+    /// the burst and a receiver positioned exactly after it: no frame missed or repeated.
+    recent: Mutex<VecDeque<Arc<Frame>>>,
+    stats: Arc<Stats>,
+}
+
+pub struct Publisher {
+    sender: broadcast::Sender<Arc<Frame>>,
+    shared: Arc<Shared>,
+}
+
+#[derive(Clone)]
+pub struct Hub {
+    /// Weak, so that the publisher alone keeps the channel open: when it drops, the hub closes.
+    sender: broadcast::WeakSender<Arc<Frame>>,
+    shared: Arc<Shared>,
+}
+
+/// Creates a hub that lets a listener fall `backlog_frames` behind and greets new listeners
+/// with up to `burst_frames` recent frames.
+pub fn hub(backlog_frames: usize, burst_frames: usize, stats: Arc<Stats>) -> (Publisher, Hub) {
+    let backlog_frames = backlog_frames.max(1);
+    // The channel must retain more than the backlog so that `Receiver::len` can see a listener
+    // exceed it; tokio rounds the capacity up to a power of two anyway.
+    let (sender, _) = broadcast::channel((backlog_frames + 1).next_power_of_two());
+    let shared = Arc::new(Shared {
+        backlog_frames,
+        burst_frames: burst_frames.min(backlog_frames),
+        recent: Mutex::new(VecDeque::with_capacity(burst_frames)),
+        stats,
+    });
+    let hub = Hub {
+        sender: sender.downgrade(),
+        shared: shared.clone(),
+    };
+    (Publisher { sender, shared }, hub)
+}
+
+impl Publisher {
+    /// Publishes a frame to every current listener. Never waits for any of them.
+    pub fn publish(&self, frame: Frame) {
+        let stats = &self.shared.stats;
+        stats.frame_published(frame.level);
+        if stats.source_state() == SourceState::Starting {
+            stats.set_source_state(SourceState::Running);
+        }
+        let frame = Arc::new(frame);
+        if self.shared.burst_frames == 0 {
+            // An error only means nobody listens right now; the frame is simply not retained.
+            let _ = self.sender.send(frame);
+            return;
+        }
+        let mut recent = lock(&self.shared.recent);
+        if recent.len() == self.shared.burst_frames {
+            recent.pop_front();
+        }
+        recent.push_back(frame.clone());
+        let _ = self.sender.send(frame);
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // The lock guards plain data that no panic can leave half-updated.
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Hub {
+    /// Subscribes a new listener; `None` once the source has ended and the hub is closed.
+    pub fn subscribe(&self) -> Option<Subscription> {
+        let sender = self.sender.upgrade()?;
+        let (receiver, burst) = if self.shared.burst_frames == 0 {
+            (sender.subscribe(), VecDeque::new())
+        } else {
+            let recent = lock(&self.shared.recent);
+            (sender.subscribe(), recent.clone())
+        };
+        drop(sender);
+        self.shared.stats.listener_joined();
+        let backlog_frames = self.shared.backlog_frames;
+        Some(Subscription {
+            burst,
+            next: ReusableBoxFuture::new(next_frame(receiver, backlog_frames)),
+            done: false,
+            shared: self.shared.clone(),
+        })
+    }
+
+    pub fn backlog_frames(&self) -> usize {
+        self.shared.backlog_frames
+    }
+}
+
+/// One frame for one listener, with how many frames it missed just before this one.
+pub struct Delivery {
+    pub frame: Arc<Frame>,
+    pub skipped: u64,
+}
+
+/// A listener's view of the hub: a stream of [`Delivery`]s that ends when the hub closes.
+/// Dropping it unsubscribes the listener at once.
+pub struct Subscription {
+    burst: VecDeque<Arc<Frame>>,
+    next: ReusableBoxFuture<'static, (Option<Delivery>, broadcast::Receiver<Arc<Frame>>)>,
+    done: bool,
+    shared: Arc<Shared>,
+}
+
+/// Waits for the listener's next frame, first skipping it forward if it is too far behind.
+async fn next_frame(
+    mut receiver: broadcast::Receiver<Arc<Frame>>,
+    backlog_frames: usize,
+) -> (Option<Delivery>, broadcast::Receiver<Arc<Frame>>) {
+    let mut skipped = 0u64;
+    while receiver.len() > backlog_frames {
+        match receiver.try_recv() {
+            Ok(_) => skipped += 1,
+            Err(TryRecvError::Lagged(n)) => skipped += n,
+            Err(_) => break,
+        }
+    }
+    loop {
+        match receiver.recv().await {
+            Ok(frame) => return (Some(Delivery { frame, skipped }), receiver),
+            Err(RecvError::Lagged(n)) => skipped += n,
+            Err(RecvError::Closed) => return (None, receiver),
+        }
+    }
+}
+
+impl Stream for Subscription {
+    type Item = Delivery;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Delivery>> {
+        if let Some(frame) = self.burst.pop_front() {
+            return Poll::Ready(Some(Delivery { frame, skipped: 0 }));
+        }
+        if self.done {
+            return Poll::Ready(None);
+        }
+        let (delivery, receiver) = std::task::ready!(self.next.poll(cx));
+        match delivery {
+            Some(delivery) => {
+                if delivery.skipped > 0 {
+                    self.shared
+                        .stats
+                        .frames_skipped
+                        .fetch_add(delivery.skipped, std::sync::atomic::Ordering::Relaxed);
+                }
+                let backlog_frames = self.shared.backlog_frames;
+                self.next.set(next_frame(receiver, backlog_frames));
+                Poll::Ready(Some(delivery))
+            }
+            None => {
+                self.done = true;
+                Poll::Ready(None)
+            }
+        }
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.shared.stats.listener_left();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frame::StreamFormat;
+    use tokio_stream::StreamExt;
+
+    fn frame(seq: u64) -> Frame {
+        let format = StreamFormat {
+            rate_hz: 1_000,
+            channels: 1,
+        };
+        Frame::new(seq, seq * 4, 0.0, format, vec![0.0; 4].into())
+    }
+
+    #[tokio::test]
+    async fn every_listener_gets_every_frame_then_the_end() {
+        let stats = Arc::new(Stats::default());
+        let (publisher, hub) = hub(8, 0, stats.clone());
+        let mut a = hub.subscribe().unwrap();
+        let mut b = hub.subscribe().unwrap();
+        assert_eq!(
+            stats
+                .listeners_current
+                .load(std::sync::atomic::Ordering::Relaxed),
+            2
+        );
+        for seq in 0..5 {
+            publisher.publish(frame(seq));
+        }
+        drop(publisher);
+        for listener in [&mut a, &mut b] {
+            let seqs: Vec<u64> = listener.map(|d| d.frame.seq).collect().await;
+            assert_eq!(seqs, vec![0, 1, 2, 3, 4]);
+        }
+        assert!(hub.subscribe().is_none(), "closed hub refuses listeners");
+        drop((a, b));
+        assert_eq!(
+            stats
+                .listeners_current
+                .load(std::sync::atomic::Ordering::Relaxed),
+            0
+        );
+    }
+
+    #[tokio::test]
+    async fn a_listener_too_far_behind_skips_to_the_backlog_and_is_told() {
+        let stats = Arc::new(Stats::default());
+        let backlog = 5;
+        let (publisher, hub) = hub(backlog, 0, stats.clone());
+        let mut slow = hub.subscribe().unwrap();
+        for seq in 0..40 {
+            publisher.publish(frame(seq));
+        }
+        let first = slow.next().await.unwrap();
+        assert_eq!(first.frame.seq, 40 - backlog as u64);
+        assert_eq!(first.skipped, 40 - backlog as u64);
+        let second = slow.next().await.unwrap();
+        assert_eq!((second.frame.seq, second.skipped), (first.frame.seq + 1, 0));
+        assert_eq!(
+            stats
+                .frames_skipped
+                .load(std::sync::atomic::Ordering::Relaxed),
+            40 - backlog as u64
+        );
+    }
+
+    #[tokio::test]
+    async fn burst_gives_recent_frames_then_live_ones_without_gap() {
+        let stats = Arc::new(Stats::default());
+        let (publisher, hub) = hub(16, 3, stats);
+        for seq in 0..10 {
+            publisher.publish(frame(seq));
+        }
+        let listener = hub.subscribe().unwrap();
+        publisher.publish(frame(10));
+        drop(publisher);
+        let seqs: Vec<u64> = listener.map(|d| d.frame.seq).collect().await;
+        assert_eq!(seqs, vec![7, 8, 9, 10]);
+    }
+}

@@ -1,0 +1,168 @@
+//! pcmcast captures audio once and streams it to any number of HTTP listeners as raw PCM, WAV
+//! or NDJSON. The producer runs whether or not anyone listens, every listener gets every frame
+//! as soon as it exists, and a slow or dead listener never stalls the source or the others.
+//!
+//! # Layout
+//!
+//! The pipeline, one module per stage:
+//!
+//! ```text
+//! source::{wav, tone} ──push──▶ ring (SPSC, lock-free) ──pop──▶ framer ──▶ hub ──▶ http
+//!   paced, own thread            overflow: count, drop           thread    broadcast   one body per
+//!                                                                          of Arc<Frame> listener
+//! ```
+//!
+//! - [`config`]: command line and validated [`Settings`].
+//! - [`source`]: the producers; [`ring`]: the lock-free ring between source and framer.
+//! - [`framer`]: cuts fixed-size [`frame::Frame`]s; [`encode`]: their wire encodings.
+//! - [`hub`]: the bounded broadcast with per-listener skip-forward.
+//! - [`http`]: the axum endpoints; [`stats`]: the shared counters they report.
+//!
+//! The library never binds a port or installs a signal handler: [`Pcmcast::run`] takes a
+//! bound listener and a cancellation token, so tests run real servers on `127.0.0.1:0`.
+
+pub mod config;
+pub mod encode;
+pub mod frame;
+pub mod framer;
+pub mod http;
+pub mod hub;
+pub mod ring;
+pub mod source;
+pub mod stats;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use config::Settings;
+use framer::Framer;
+use source::{OpenSource, SourceError, SourceInfo};
+use stats::Stats;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error("cannot start the framer thread")]
+    FramerThread(#[source] std::io::Error),
+    #[error("the HTTP server failed")]
+    Serve(#[source] std::io::Error),
+}
+
+/// How long open streams get to finish after shutdown or the end of the source before the
+/// server stops waiting for them (a client that stopped reading cannot take its final chunk).
+const SHUTDOWN_GRACE: Duration = Duration::from_millis(500);
+const END_OF_SOURCE_GRACE: Duration = Duration::from_secs(5);
+
+/// An opened source and the settings to serve it with.
+pub struct Pcmcast {
+    settings: Settings,
+    source: OpenSource,
+}
+
+impl Pcmcast {
+    /// Opens and validates the source, so that bad input fails before a port is bound.
+    pub fn open(settings: Settings) -> Result<Pcmcast, Error> {
+        let source = OpenSource::open(&settings.source)?;
+        Ok(Pcmcast { settings, source })
+    }
+
+    pub fn source_info(&self) -> &SourceInfo {
+        &self.source.info
+    }
+
+    /// Runs the pipeline and serves it on `listener` until `shutdown` is cancelled or a
+    /// non-looping source ends. Either way, every open stream ends with a clean final chunk.
+    pub async fn run(
+        self,
+        listener: TcpListener,
+        shutdown: CancellationToken,
+    ) -> Result<(), Error> {
+        let Pcmcast { settings, source } = self;
+        let format = source.info.format;
+        let stats = Arc::new(Stats::default());
+        let (publisher, hub) = hub::hub(
+            settings.backlog_frames,
+            settings.burst_frames,
+            stats.clone(),
+        );
+
+        // The threads stop on `stop`: on shutdown, or once the server is done.
+        let stop = shutdown.child_token();
+        let source_ended = CancellationToken::new();
+        let frame_len_samples = settings.frame_size_samples * usize::from(format.channels);
+        let half_second = format.rate_hz as usize / 2 * usize::from(format.channels);
+        let (writer_parts, consumer) = ring::ring(half_second.max(4 * frame_len_samples));
+        let framer_thread = framer::spawn(
+            consumer,
+            Framer::new(format, settings.frame_size_samples),
+            publisher,
+            stats.clone(),
+            stop.clone(),
+            source_ended.clone(),
+        )
+        .map_err(Error::FramerThread)?;
+        let writer = writer_parts.into_writer(framer_thread.thread().clone(), stats.clone());
+        let info = source.info.clone();
+        let source_thread = source.start(writer, stop.clone())?;
+        tracing::info!(source = info.kind, name = %info.name, rate_hz = format.rate_hz,
+            channels = format.channels, frame_size = settings.frame_size_samples, "source started");
+
+        let state = Arc::new(http::AppState {
+            hub,
+            stats,
+            source: info,
+            frame_size_samples: settings.frame_size_samples,
+            shutdown: shutdown.clone(),
+        });
+        let finish = {
+            let (shutdown, source_ended) = (shutdown.clone(), source_ended.clone());
+            async move {
+                tokio::select! {
+                    () = shutdown.cancelled() => {}
+                    () = source_ended.cancelled() => tracing::info!("the source has ended; finishing open streams"),
+                }
+            }
+        };
+        let server = axum::serve(listener, http::app(state)).with_graceful_shutdown(finish);
+        let mut server = tokio::spawn(server.into_future());
+        let result = tokio::select! {
+            joined = &mut server => Some(joined),
+            () = shutdown.cancelled() => None,
+            () = source_ended.cancelled() => None,
+        };
+        let result = match result {
+            Some(joined) => joined,
+            None => {
+                let grace = if shutdown.is_cancelled() {
+                    SHUTDOWN_GRACE
+                } else {
+                    END_OF_SOURCE_GRACE
+                };
+                match tokio::time::timeout(grace, &mut server).await {
+                    Ok(joined) => joined,
+                    Err(_) => {
+                        tracing::warn!(
+                            "some listeners did not take their final chunk in time; closing them"
+                        );
+                        server.abort();
+                        Ok(Ok(()))
+                    }
+                }
+            }
+        };
+        stop.cancel();
+        let joined = tokio::task::spawn_blocking(move || {
+            let _ = source_thread.join();
+            let _ = framer_thread.join();
+        });
+        let _ = joined.await;
+        match result {
+            Ok(served) => served.map_err(Error::Serve),
+            Err(join_error) => Err(Error::Serve(std::io::Error::other(join_error))),
+        }
+    }
+}

@@ -1,0 +1,80 @@
+//! The `pcmcast` binary: parses the command line, binds the port, installs the signal handler
+//! and runs the library. Errors print their whole cause chain on one line and exit non-zero.
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use pcmcast::config::{Cli, ServeArgs};
+use pcmcast::{Pcmcast, Settings};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::EnvFilter;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            return fail(&anyhow::Error::new(error).context("cannot start the async runtime"));
+        }
+    };
+    let result = runtime.block_on(serve(cli.into_serve_args()));
+    // Streams that outlived the grace period are dropped here instead of being waited for.
+    runtime.shutdown_background();
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => fail(&error),
+    }
+}
+
+fn fail(error: &anyhow::Error) -> ExitCode {
+    eprintln!("pcmcast: error: {error:#}");
+    ExitCode::FAILURE
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let settings = Settings::try_from(args)?;
+    let bind = settings.bind;
+    let pcmcast = Pcmcast::open(settings)?;
+    let listener = TcpListener::bind(bind)
+        .await
+        .with_context(|| format!("cannot listen on {bind}"))?;
+    let address = listener
+        .local_addr()
+        .context("cannot read the bound address")?;
+    tracing::info!("listening on http://{address}/");
+    let shutdown = CancellationToken::new();
+    tokio::spawn(cancel_on_signal(shutdown.clone()));
+    pcmcast.run(listener, shutdown).await?;
+    Ok(())
+}
+
+/// Cancels `shutdown` on Ctrl-C or SIGTERM.
+async fn cancel_on_signal(shutdown: CancellationToken) {
+    let ctrl_c = tokio::signal::ctrl_c();
+    let mut terminate =
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(signal) => signal,
+            Err(error) => {
+                tracing::warn!(%error, "cannot listen for SIGTERM; only Ctrl-C stops pcmcast");
+                let _ = ctrl_c.await;
+                shutdown.cancel();
+                return;
+            }
+        };
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = terminate.recv() => {}
+    }
+    tracing::info!("shutting down");
+    shutdown.cancel();
+}

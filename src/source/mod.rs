@@ -1,0 +1,128 @@
+//! Sources: the one producer that writes interleaved f32 samples into the ring.
+//!
+//! A source is opened (and validated) before the server binds, so bad input fails fast, then
+//! started on its own thread where it runs from start-up whether or not anyone listens. The
+//! file and synthetic sources are [`Generator`]s driven by [`run_paced`], which produces
+//! exactly as many samples as the monotonic clock says are due, in small chunks.
+
+mod pacer;
+pub mod tone;
+pub mod wav;
+
+use std::path::PathBuf;
+use std::thread::{self, JoinHandle};
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::frame::StreamFormat;
+use crate::ring::RingWriter;
+pub use pacer::Pacer;
+
+/// Which source to run, as chosen on the command line.
+#[derive(Clone, Debug, PartialEq)]
+pub enum SourceSpec {
+    /// The bundled demo recording, looped.
+    Demo,
+    Wav {
+        path: PathBuf,
+        looping: bool,
+    },
+    Tone {
+        hz: f64,
+        format: StreamFormat,
+    },
+}
+
+/// What `/status` says about the source.
+#[derive(Clone, Debug)]
+pub struct SourceInfo {
+    /// `wav`, `tone` or `demo`.
+    pub kind: &'static str,
+    /// Human-readable: the file path or the tone's description.
+    pub name: String,
+    pub format: StreamFormat,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("cannot read WAV file {path}")]
+    WavOpen {
+        path: PathBuf,
+        #[source]
+        source: hound::Error,
+    },
+    #[error("WAV file {path} is not usable: {reason}")]
+    WavUnusable { path: PathBuf, reason: String },
+    #[error("cannot start the source thread")]
+    Thread(#[source] std::io::Error),
+}
+
+/// A paced source: fills buffers with its next samples on demand.
+pub trait Generator: Send + 'static {
+    /// Writes the next samples into `out` (a whole number of sample frames) and returns how
+    /// many it wrote. Fewer than `out.len()` means the source has ended.
+    fn fill(&mut self, out: &mut [f32]) -> usize;
+}
+
+/// An opened, validated source, ready to start.
+pub struct OpenSource {
+    pub info: SourceInfo,
+    generator: Box<dyn Generator>,
+}
+
+impl OpenSource {
+    pub fn open(spec: &SourceSpec) -> Result<OpenSource, SourceError> {
+        match spec {
+            SourceSpec::Demo => wav::open_demo(),
+            SourceSpec::Wav { path, looping } => wav::open_file(path, *looping),
+            SourceSpec::Tone { hz, format } => Ok(tone::open(*hz, *format)),
+        }
+    }
+
+    /// Starts the source on its own thread, writing into `writer` until it ends or `cancel`
+    /// fires. Dropping the writer at the end tells the framer that no more samples come.
+    pub fn start(
+        self,
+        writer: RingWriter,
+        cancel: CancellationToken,
+    ) -> Result<JoinHandle<()>, SourceError> {
+        let format = self.info.format;
+        let generator = self.generator;
+        thread::Builder::new()
+            .name("pcmcast-source".into())
+            .spawn(move || run_paced(generator, format, writer, &cancel))
+            .map_err(SourceError::Thread)
+    }
+}
+
+/// How often a paced source wakes to produce what is due. Short enough to add little latency
+/// to a frame, long enough to cost nothing.
+const TICK: Duration = Duration::from_millis(5);
+
+/// Drives a generator in real time: each tick it produces exactly the samples the clock says
+/// are due since start, so sleeping late never accumulates drift.
+fn run_paced(
+    mut generator: Box<dyn Generator>,
+    format: StreamFormat,
+    mut writer: RingWriter,
+    cancel: &CancellationToken,
+) {
+    let channels = usize::from(format.channels);
+    let chunk_frames = (format.rate_hz as usize / 50).max(1);
+    let mut scratch = vec![0.0f32; chunk_frames * channels];
+    let mut pacer = Pacer::start(format.rate_hz);
+    while !cancel.is_cancelled() {
+        let mut due_frames = pacer.due();
+        while due_frames > 0 {
+            let n = due_frames.min(chunk_frames as u64) as usize * channels;
+            let written = generator.fill(&mut scratch[..n]);
+            writer.push(&scratch[..written]);
+            if written < n {
+                return;
+            }
+            due_frames -= (n / channels) as u64;
+        }
+        thread::sleep(TICK);
+    }
+}

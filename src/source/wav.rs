@@ -1,0 +1,179 @@
+//! The WAV source: replays a file (or the bundled demo recording) with hound, converting every
+//! sample format hound reads to f32 exactly: an integer sample `s` of `b` bits becomes
+//! `s / 2^(b-1)`, 32-bit float passes through.
+
+use std::fs::File;
+use std::io::{BufReader, Cursor, Read, Seek};
+use std::path::Path;
+
+use hound::{SampleFormat, WavReader};
+
+use super::{Generator, OpenSource, SourceError, SourceInfo};
+use crate::frame::StreamFormat;
+
+/// The demo recording, embedded so that `pcmcast` streams something from any directory.
+const DEMO_WAV: &[u8] = include_bytes!("../../assets/demo.wav");
+const DEMO_NAME: &str = "assets/demo.wav";
+
+/// Most channels a WAV source may have.
+pub const MAX_CHANNELS: u16 = 32;
+
+pub fn open_file(path: &Path, looping: bool) -> Result<OpenSource, SourceError> {
+    let open_error = |source| SourceError::WavOpen {
+        path: path.to_owned(),
+        source,
+    };
+    let file = File::open(path).map_err(|e| open_error(hound::Error::IoError(e)))?;
+    let reader = WavReader::new(BufReader::new(file)).map_err(open_error)?;
+    let name = path.display().to_string();
+    open_reader(reader, looping, "wav", name, path)
+}
+
+pub fn open_demo() -> Result<OpenSource, SourceError> {
+    let path = Path::new(DEMO_NAME);
+    let reader = WavReader::new(Cursor::new(DEMO_WAV)).map_err(|source| SourceError::WavOpen {
+        path: path.to_owned(),
+        source,
+    })?;
+    open_reader(reader, true, "demo", DEMO_NAME.to_owned(), path)
+}
+
+fn open_reader<R: Read + Seek + Send + 'static>(
+    reader: WavReader<R>,
+    looping: bool,
+    kind: &'static str,
+    name: String,
+    path: &Path,
+) -> Result<OpenSource, SourceError> {
+    let spec = reader.spec();
+    let unusable = |reason: String| SourceError::WavUnusable {
+        path: path.to_owned(),
+        reason,
+    };
+    if spec.channels == 0 || spec.channels > MAX_CHANNELS {
+        return Err(unusable(format!(
+            "{} channels (pcmcast takes 1 to {MAX_CHANNELS})",
+            spec.channels
+        )));
+    }
+    if spec.sample_rate == 0 {
+        return Err(unusable("its sample rate is 0 Hz".into()));
+    }
+    let conversion = match (spec.sample_format, spec.bits_per_sample) {
+        (SampleFormat::Float, 32) => Conversion::Float,
+        (SampleFormat::Int, bits @ (8 | 16 | 24 | 32)) => Conversion::Int {
+            scale: 1.0 / f64::from(1u32 << (bits - 1)),
+        },
+        (format, bits) => {
+            return Err(unusable(format!(
+                "{bits}-bit {} samples are not supported (use 8/16/24/32-bit integer or 32-bit float)",
+                match format {
+                    SampleFormat::Float => "float",
+                    SampleFormat::Int => "integer",
+                }
+            )));
+        }
+    };
+    if reader.duration() == 0 {
+        return Err(unusable("it contains no audio samples".into()));
+    }
+    let format = StreamFormat {
+        rate_hz: spec.sample_rate,
+        channels: spec.channels,
+    };
+    Ok(OpenSource {
+        info: SourceInfo { kind, name, format },
+        generator: Box::new(WavGenerator {
+            reader,
+            conversion,
+            looping,
+            name_for_logs: path.display().to_string(),
+        }),
+    })
+}
+
+#[derive(Clone, Copy)]
+enum Conversion {
+    Float,
+    Int { scale: f64 },
+}
+
+struct WavGenerator<R> {
+    reader: WavReader<R>,
+    conversion: Conversion,
+    looping: bool,
+    name_for_logs: String,
+}
+
+impl<R: Read + Seek + Send + 'static> WavGenerator<R> {
+    /// Reads samples until `out` is full or the data runs out; returns how many it read.
+    fn read_into(&mut self, out: &mut [f32]) -> usize {
+        let mut written = 0;
+        let result = match self.conversion {
+            Conversion::Float => read_samples(&mut self.reader, out, &mut written, |s: f32| s),
+            Conversion::Int { scale } => {
+                read_samples(&mut self.reader, out, &mut written, |s: i32| {
+                    (f64::from(s) * scale) as f32
+                })
+            }
+        };
+        if let Err(error) = result {
+            tracing::warn!(file = %self.name_for_logs, %error, "WAV data ends early; treating it as the end of the file");
+        }
+        written
+    }
+}
+
+fn read_samples<R: Read, S: hound::Sample>(
+    reader: &mut WavReader<R>,
+    out: &mut [f32],
+    written: &mut usize,
+    convert: impl Fn(S) -> f32,
+) -> hound::Result<()> {
+    let mut samples = reader.samples::<S>();
+    for slot in out {
+        match samples.next() {
+            Some(sample) => *slot = convert(sample?),
+            None => return Ok(()),
+        }
+        *written += 1;
+    }
+    Ok(())
+}
+
+impl<R: Read + Seek + Send + 'static> Generator for WavGenerator<R> {
+    fn fill(&mut self, out: &mut [f32]) -> usize {
+        let mut written = self.read_into(out);
+        while self.looping && written < out.len() {
+            if let Err(error) = self.reader.seek(0) {
+                tracing::warn!(file = %self.name_for_logs, %error, "cannot rewind the WAV file; ending");
+                break;
+            }
+            let more = self.read_into(&mut out[written..]);
+            if more == 0 {
+                break;
+            }
+            written += more;
+        }
+        let channels = usize::from(self.reader.spec().channels);
+        written / channels * channels
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_demo_recording_opens_as_48k_stereo() {
+        let demo = open_demo().expect("bundled demo is a valid WAV");
+        assert_eq!(
+            demo.info.format,
+            StreamFormat {
+                rate_hz: 48_000,
+                channels: 2
+            }
+        );
+        assert_eq!(demo.info.kind, "demo");
+    }
+}
