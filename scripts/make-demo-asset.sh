@@ -22,19 +22,8 @@ LENGTH=5            # seconds, exact
 SPEECH_START=0.55   # seconds of lead-in before the voice starts
 
 # --- dependencies -----------------------------------------------------------
-missing=()
-for pkg in espeak-ng sox; do
-    status="$(dpkg-query -W -f='${Status}' "${pkg}" 2>/dev/null || true)"
-    if [[ "${status}" != "install ok installed" ]]; then
-        missing+=("${pkg}")
-    fi
-done
-if ((${#missing[@]} > 0)); then
-    echo "Installing missing packages: ${missing[*]}" >&2
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq --no-install-recommends "${missing[@]}"
-fi
+source "${SCRIPT_DIR}/packages.sh"
+need_packages espeak-ng sox
 
 # --- work area --------------------------------------------------------------
 TMP="$(mktemp -d)"

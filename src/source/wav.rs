@@ -4,6 +4,7 @@
 
 use std::fs::File;
 use std::io::{BufReader, Cursor, Read, Seek};
+
 use std::path::Path;
 
 use hound::{SampleFormat, WavReader};
@@ -23,10 +24,44 @@ pub fn open_file(path: &Path, looping: bool) -> Result<OpenSource, SourceError> 
         path: path.to_owned(),
         source,
     };
-    let file = File::open(path).map_err(|e| open_error(hound::Error::IoError(e)))?;
-    let reader = WavReader::new(BufReader::new(file)).map_err(open_error)?;
+    let io_error = |e| open_error(hound::Error::IoError(e));
+    let mut file = BufReader::new(File::open(path).map_err(io_error)?);
+    check_complete(&mut file, path)?;
+    file.rewind().map_err(io_error)?;
+    let reader = WavReader::new(file).map_err(open_error)?;
     let name = path.display().to_string();
     open_reader(reader, looping, "wav", name, path)
+}
+
+/// Refuses a file whose data chunk is shorter than its header declares (a truncated copy, or a
+/// header with a bogus size), which would otherwise play a fraction of what it promises.
+fn check_complete(file: &mut BufReader<File>, path: &Path) -> Result<(), SourceError> {
+    let open_error = |source| SourceError::WavOpen {
+        path: path.to_owned(),
+        source,
+    };
+    let declared_bytes = {
+        let header = WavReader::new(&mut *file).map_err(open_error)?;
+        u64::from(header.len()) * u64::from(header.spec().bits_per_sample.div_ceil(8))
+    };
+    let data_start = file
+        .stream_position()
+        .map_err(|e| open_error(hound::Error::IoError(e)))?;
+    let file_bytes = file
+        .get_ref()
+        .metadata()
+        .map_err(|e| open_error(hound::Error::IoError(e)))?
+        .len();
+    let present_bytes = file_bytes.saturating_sub(data_start);
+    if declared_bytes > present_bytes {
+        return Err(SourceError::WavUnusable {
+            path: path.to_owned(),
+            reason: format!(
+                "it is truncated: its header declares {declared_bytes} bytes of samples but the file holds {present_bytes}"
+            ),
+        });
+    }
+    Ok(())
 }
 
 pub fn open_demo() -> Result<OpenSource, SourceError> {
