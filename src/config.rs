@@ -27,6 +27,7 @@ Examples:
 Listen:
   ffplay -nodisp http://127.0.0.1:8000/stream.wav
   curl -sN http://127.0.0.1:8000/stream.pcm | ffplay -f f32le -ar 48000 -ch_layout stereo -
+  ffmpeg -i http://127.0.0.1:8000/stream.wav -t 10 out.flac
   curl -sN 'http://127.0.0.1:8000/stream.ndjson?frames=5'";
 
 #[derive(Debug, Parser)]

@@ -50,7 +50,7 @@ pub enum SourceError {
     WavOpen {
         path: PathBuf,
         #[source]
-        source: hound::Error,
+        source: std::io::Error,
     },
     #[error("WAV file {path} is not usable: {reason}")]
     WavUnusable { path: PathBuf, reason: String },

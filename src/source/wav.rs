@@ -24,52 +24,82 @@ pub fn open_file(path: &Path, looping: bool) -> Result<OpenSource, SourceError> 
         path: path.to_owned(),
         source,
     };
-    let io_error = |e| open_error(hound::Error::IoError(e));
-    let mut file = BufReader::new(File::open(path).map_err(io_error)?);
+    let file = File::open(path).map_err(open_error)?;
+    if file.metadata().map_err(open_error)?.is_dir() {
+        return Err(unusable(path, "it is a directory, not a file".into()));
+    }
+    let mut file = BufReader::new(file);
     check_complete(&mut file, path)?;
-    file.rewind().map_err(io_error)?;
-    let reader = WavReader::new(file).map_err(open_error)?;
+    file.rewind().map_err(open_error)?;
+    let reader = WavReader::new(file).map_err(|e| invalid(path, e))?;
     let name = path.display().to_string();
     open_reader(reader, looping, "wav", name, path)
 }
 
 /// Refuses a file whose data chunk is shorter than its header declares (a truncated copy, or a
 /// header with a bogus size), which would otherwise play a fraction of what it promises.
+/// Samples are counted at their bit width rounded up to bytes; a wider container (24 bits in 4
+/// bytes) makes the check lenient, never wrong.
 fn check_complete(file: &mut BufReader<File>, path: &Path) -> Result<(), SourceError> {
+    let declared_bytes = {
+        let header = WavReader::new(&mut *file).map_err(|e| invalid(path, e))?;
+        u64::from(header.len()) * u64::from(header.spec().bits_per_sample.div_ceil(8))
+    };
     let open_error = |source| SourceError::WavOpen {
         path: path.to_owned(),
         source,
     };
-    let declared_bytes = {
-        let header = WavReader::new(&mut *file).map_err(open_error)?;
-        u64::from(header.len()) * u64::from(header.spec().bits_per_sample.div_ceil(8))
-    };
-    let data_start = file
-        .stream_position()
-        .map_err(|e| open_error(hound::Error::IoError(e)))?;
-    let file_bytes = file
-        .get_ref()
-        .metadata()
-        .map_err(|e| open_error(hound::Error::IoError(e)))?
-        .len();
+    let data_start = file.stream_position().map_err(open_error)?;
+    let file_bytes = file.get_ref().metadata().map_err(open_error)?.len();
     let present_bytes = file_bytes.saturating_sub(data_start);
     if declared_bytes > present_bytes {
-        return Err(SourceError::WavUnusable {
-            path: path.to_owned(),
-            reason: format!(
+        return Err(unusable(
+            path,
+            format!(
                 "it is truncated: its header declares {declared_bytes} bytes of samples but the file holds {present_bytes}"
             ),
-        });
+        ));
     }
     Ok(())
 }
 
+fn unusable(path: &Path, reason: String) -> SourceError {
+    SourceError::WavUnusable {
+        path: path.to_owned(),
+        reason,
+    }
+}
+
+/// Turns hound's error into a sentence about the file.
+fn invalid(path: &Path, error: hound::Error) -> SourceError {
+    let reason = match error {
+        // hound reports a short read as `Other` with this text rather than `UnexpectedEof`.
+        hound::Error::IoError(e)
+            if e.kind() == std::io::ErrorKind::UnexpectedEof
+                || e.to_string() == "Failed to read enough bytes." =>
+        {
+            "it ends inside its header".to_owned()
+        }
+        hound::Error::IoError(e) => {
+            return SourceError::WavOpen {
+                path: path.to_owned(),
+                source: e,
+            };
+        }
+        hound::Error::FormatError(what) => format!("it is not a well-formed WAV file ({what})"),
+        hound::Error::TooWide | hound::Error::Unsupported | hound::Error::InvalidSampleFormat => {
+            format!("its sample encoding is not supported ({SUPPORTED})")
+        }
+        hound::Error::UnfinishedSample => "it ends in the middle of a sample".to_owned(),
+    };
+    unusable(path, reason)
+}
+
+const SUPPORTED: &str = "use 8/16/24/32-bit integer or 32-bit float PCM";
+
 pub fn open_demo() -> Result<OpenSource, SourceError> {
     let path = Path::new(DEMO_NAME);
-    let reader = WavReader::new(Cursor::new(DEMO_WAV)).map_err(|source| SourceError::WavOpen {
-        path: path.to_owned(),
-        source,
-    })?;
+    let reader = WavReader::new(Cursor::new(DEMO_WAV)).map_err(|e| invalid(path, e))?;
     open_reader(reader, true, "demo", DEMO_NAME.to_owned(), path)
 }
 
@@ -81,10 +111,7 @@ fn open_reader<R: Read + Seek + Send + 'static>(
     path: &Path,
 ) -> Result<OpenSource, SourceError> {
     let spec = reader.spec();
-    let unusable = |reason: String| SourceError::WavUnusable {
-        path: path.to_owned(),
-        reason,
-    };
+    let unusable = |reason: String| unusable(path, reason);
     if spec.channels == 0 || spec.channels > MAX_CHANNELS {
         return Err(unusable(format!(
             "{} channels (pcmcast takes 1 to {MAX_CHANNELS})",
@@ -101,7 +128,7 @@ fn open_reader<R: Read + Seek + Send + 'static>(
         },
         (format, bits) => {
             return Err(unusable(format!(
-                "{bits}-bit {} samples are not supported (use 8/16/24/32-bit integer or 32-bit float)",
+                "{bits}-bit {} samples are not supported ({SUPPORTED})",
                 match format {
                     SampleFormat::Float => "float",
                     SampleFormat::Int => "integer",
