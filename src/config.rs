@@ -8,6 +8,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::frame::StreamFormat;
 use crate::source::SourceSpec;
+use crate::source::capture::DeviceChoice;
 
 const ABOUT: &str = "Capture audio once and stream it to any number of HTTP listeners";
 
@@ -16,10 +17,14 @@ Capture audio once and stream it to any number of HTTP listeners, as raw PCM, WA
 Every listener gets every frame as soon as it exists; a slow or stalled listener is skipped
 forward and never holds up the source or the others.
 
-With no source option, pcmcast replays its bundled demo recording in a loop.";
+With no source option, pcmcast captures the default input device; where there is no usable
+input device it says so and replays its bundled demo recording in a loop instead.";
 
 const AFTER_HELP: &str = "\
 Examples:
+  pcmcast                                  capture the default microphone on http://127.0.0.1:8000/
+  pcmcast devices                          list input devices and their configurations
+  pcmcast --input alsa:hw:1,0 --rate 44100 capture another device (id or part of its name)
   pcmcast --wav talk.wav --loop            replay a file forever on http://127.0.0.1:8000/
   pcmcast --tone 440 --rate 48000          a 440 Hz test sine
   pcmcast --bind 0.0.0.0:8000              serve the LAN (default: loopback only)
@@ -50,20 +55,43 @@ pub struct Cli {
 pub enum Command {
     /// Capture and serve (the default when no subcommand is given)
     Serve(ServeArgs),
+    /// List input devices: id, name, default configuration and supported configurations
+    Devices,
+}
+
+/// What the command line asks for.
+pub enum Action {
+    Serve(ServeArgs),
+    ListDevices,
 }
 
 impl Cli {
-    /// The serve arguments, whether given after `serve` or with no subcommand.
-    pub fn into_serve_args(self) -> ServeArgs {
+    pub fn into_action(self) -> Action {
         match self.command {
-            Some(Command::Serve(args)) => args,
-            None => self.serve,
+            Some(Command::Serve(args)) => Action::Serve(args),
+            Some(Command::Devices) => Action::ListDevices,
+            None => Action::Serve(self.serve),
+        }
+    }
+
+    /// The serve arguments, whether given after `serve` or with no subcommand; `None` for
+    /// another subcommand.
+    pub fn into_serve_args(self) -> Option<ServeArgs> {
+        match self.into_action() {
+            Action::Serve(args) => Some(args),
+            Action::ListDevices => None,
         }
     }
 }
 
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
+    /// Capture from this input device: a cpal id (e.g. alsa:hw:1,0, see `pcmcast devices`),
+    /// a case-insensitive part of its name, or "default" [default: the default input device,
+    /// or the bundled demo recording where there is none]
+    #[arg(long, value_name = "DEVICE", env = "PCMCAST_INPUT", conflicts_with_all = ["wav", "tone"])]
+    pub input: Option<String>,
+
     /// Replay this WAV file in real time (8/16/24/32-bit integer or 32-bit float, any rate)
     #[arg(
         long,
@@ -82,12 +110,14 @@ pub struct ServeArgs {
     #[arg(long, value_name = "HZ", env = "PCMCAST_TONE")]
     pub tone: Option<f64>,
 
-    /// Sample rate to generate with --tone [default: 48000]
+    /// Sample rate to capture (device default if not given) or to generate with --tone
+    /// [tone default: 48000]
     #[arg(long, value_name = "HZ", env = "PCMCAST_RATE",
           value_parser = clap::value_parser!(u32).range(1..=768_000))]
     pub rate: Option<u32>,
 
-    /// Channel count to generate with --tone [default: 2]
+    /// Channel count to capture (device default if not given) or to generate with --tone
+    /// [tone default: 2]
     #[arg(long, value_name = "N", env = "PCMCAST_CHANNELS",
           value_parser = clap::value_parser!(u16).range(1..=32))]
     pub channels: Option<u16>,
@@ -135,8 +165,8 @@ pub enum ConfigError {
         "--tone must be a frequency above 0 Hz and below half the sample rate ({nyquist_hz} Hz), got {hz}"
     )]
     ToneOutOfRange { hz: f64, nyquist_hz: f64 },
-    #[error("--rate and --channels only apply to --tone; a WAV file brings its own")]
-    FormatWithoutTone,
+    #[error("--rate and --channels do not apply to --wav: a WAV file brings its own")]
+    FormatWithWav,
     #[error("--burst ({burst}) cannot exceed --backlog ({backlog})")]
     BurstOverBacklog { burst: u32, backlog: u32 },
 }
@@ -154,8 +184,8 @@ impl TryFrom<ServeArgs> for Settings {
                 backlog: args.backlog,
             });
         }
-        let source = match (args.tone, args.wav) {
-            (Some(hz), _) => {
+        let source = match (args.tone, args.wav, args.input) {
+            (Some(hz), _, _) => {
                 let format = StreamFormat {
                     rate_hz: args.rate.unwrap_or(DEFAULT_RATE_HZ),
                     channels: args.channels.unwrap_or(DEFAULT_CHANNELS),
@@ -166,14 +196,22 @@ impl TryFrom<ServeArgs> for Settings {
                 }
                 SourceSpec::Tone { hz, format }
             }
-            (None, _) if args.rate.is_some() || args.channels.is_some() => {
-                return Err(ConfigError::FormatWithoutTone);
+            (None, Some(_), _) if args.rate.is_some() || args.channels.is_some() => {
+                return Err(ConfigError::FormatWithWav);
             }
-            (None, Some(path)) => SourceSpec::Wav {
+            (None, Some(path), _) => SourceSpec::Wav {
                 path,
                 looping: args.looping,
             },
-            (None, None) => SourceSpec::Demo,
+            (None, None, input) => SourceSpec::Capture {
+                fallback_to_demo: input.is_none(),
+                device: match input {
+                    Some(name) => DeviceChoice::Named(name),
+                    None => DeviceChoice::Default,
+                },
+                rate_hz: args.rate,
+                channels: args.channels,
+            },
         };
         Ok(Settings {
             source,
@@ -192,19 +230,42 @@ mod tests {
     fn settings(args: &[&str]) -> Result<Settings, String> {
         let cli = Cli::try_parse_from(std::iter::once("pcmcast").chain(args.iter().copied()))
             .map_err(|e| e.to_string())?;
-        Settings::try_from(cli.into_serve_args()).map_err(|e| e.to_string())
+        let args = cli.into_serve_args().expect("serve arguments");
+        Settings::try_from(args).map_err(|e| e.to_string())
     }
 
     #[test]
-    fn defaults_replay_the_demo_on_loopback() {
+    fn defaults_capture_the_default_device_on_loopback() {
         let s = settings(&[]).unwrap();
-        assert_eq!(s.source, SourceSpec::Demo);
+        assert_eq!(
+            s.source,
+            SourceSpec::Capture {
+                device: DeviceChoice::Default,
+                rate_hz: None,
+                channels: None,
+                fallback_to_demo: true
+            }
+        );
         assert_eq!(s.bind, "127.0.0.1:8000".parse().unwrap());
         assert_eq!(
             (s.frame_size_samples, s.backlog_frames, s.burst_frames),
             (1024, 100, 0)
         );
         assert_eq!(settings(&["serve"]).unwrap(), s);
+    }
+
+    #[test]
+    fn input_names_a_device_without_fallback() {
+        let s = settings(&["--input", "USB Mic", "--rate", "44100"]).unwrap();
+        assert_eq!(
+            s.source,
+            SourceSpec::Capture {
+                device: DeviceChoice::Named("USB Mic".into()),
+                rate_hz: Some(44_100),
+                channels: None,
+                fallback_to_demo: false
+            }
+        );
     }
 
     #[test]
@@ -230,8 +291,9 @@ mod tests {
             (&["--tone", "NaN"], "above 0 Hz"),
             (
                 &["--wav", "x.wav", "--rate", "8000"],
-                "only apply to --tone",
+                "do not apply to --wav",
             ),
+            (&["--input", "mic", "--tone", "440"], "cannot be used with"),
             (
                 &["--burst", "9", "--backlog", "8"],
                 "cannot exceed --backlog",

@@ -25,7 +25,14 @@ pub struct Framer {
     pending: Vec<f32>,
     next_seq: u64,
     next_pts: u64,
+    /// Capture time just after the last sample pushed, to notice an outage of the source.
+    last_end_time: Option<f64>,
 }
+
+/// A source that delivers this much less audio than the wall clock says has passed (an
+/// outage of the capture device) is treated as having a gap: the frames it missed are counted
+/// in `seq` and `pts` so that listeners see the jump, as they see a skip.
+const GAP_MIN_S: f64 = 0.5;
 
 impl Framer {
     pub fn new(format: StreamFormat, frame_size_samples: usize) -> Framer {
@@ -36,6 +43,7 @@ impl Framer {
             pending: Vec::with_capacity(frame_len_samples),
             next_seq: 0,
             next_pts: 0,
+            last_end_time: None,
         }
     }
 
@@ -44,6 +52,14 @@ impl Framer {
     /// counted back from it at the stream's sample rate.
     pub fn push(&mut self, mut samples: &[f32], end_time: f64, mut emit: impl FnMut(Frame)) {
         let channels = usize::from(self.format.channels);
+        if let Some(missed) = self.missed_samples(samples.len() / channels, end_time) {
+            emit_all(self.finish(end_time), &mut emit);
+            let frame_size = (self.frame_len_samples / channels) as u64;
+            let missed_frames = missed.div_ceil(frame_size);
+            self.next_seq += missed_frames;
+            self.next_pts += missed_frames * frame_size;
+        }
+        self.last_end_time = Some(end_time);
         let end_pts = self.next_pts + ((self.pending.len() + samples.len()) / channels) as u64;
         while !samples.is_empty() {
             let take = (self.frame_len_samples - self.pending.len()).min(samples.len());
@@ -67,6 +83,16 @@ impl Framer {
         Some(self.cut(end_pts, end_time))
     }
 
+    /// Sample frames the source failed to deliver before these `len` arrived at `end_time`, if
+    /// that is a gap rather than jitter.
+    fn missed_samples(&self, len: usize, end_time: f64) -> Option<u64> {
+        let last = self.last_end_time?;
+        let rate = f64::from(self.format.rate_hz);
+        let frame_period_s = self.frame_len_samples as f64 / f64::from(self.format.channels) / rate;
+        let missing_s = (end_time - last) - len as f64 / rate;
+        (missing_s > GAP_MIN_S.max(4.0 * frame_period_s)).then_some((missing_s * rate) as u64)
+    }
+
     fn cut(&mut self, end_pts: u64, end_time: f64) -> Frame {
         let samples = std::mem::replace(
             &mut self.pending,
@@ -84,6 +110,12 @@ impl Framer {
         self.next_seq += 1;
         self.next_pts += len_per_channel;
         frame
+    }
+}
+
+fn emit_all(frame: Option<Frame>, emit: &mut impl FnMut(Frame)) {
+    if let Some(frame) = frame {
+        emit(frame);
     }
 }
 
@@ -204,6 +236,30 @@ mod tests {
         let last = framer.finish(10.5).expect("50 samples pending");
         assert_eq!(last.pts, 200);
         assert!((last.time - 10.45).abs() < 1e-9);
+    }
+
+    #[test]
+    fn an_outage_shows_as_a_seq_and_pts_jump() {
+        let format = StreamFormat {
+            rate_hz: 1_000,
+            channels: 1,
+        };
+        let mut framer = Framer::new(format, 100);
+        let mut frames = Vec::new();
+        framer.push(&[0.0; 150], 1.0, |f| frames.push(f));
+        // On time: 100 samples 0.1 s later.
+        framer.push(&[0.0; 100], 1.1, |f| frames.push(f));
+        // Then nothing for 2 s: the device was gone.
+        framer.push(&[0.0; 100], 3.2, |f| frames.push(f));
+        let seqs: Vec<u64> = frames.iter().map(|f| f.seq).collect();
+        let pts: Vec<u64> = frames.iter().map(|f| f.pts).collect();
+        // Frames 0 and 1, the 50 samples pending before the outage as a short frame 2, then
+        // 2 s (20 frames) missed, then the new audio from seq 23, its pts 2 s after the end of
+        // the short frame.
+        assert_eq!(seqs, vec![0, 1, 2, 23]);
+        assert_eq!(pts, vec![0, 100, 200, 2_250]);
+        assert_eq!(frames[2].len_per_channel(), 50);
+        assert!((frames[3].time - 3.1).abs() < 1e-9);
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //! The pipeline, one module per stage:
 //!
 //! ```text
-//! source::{wav, tone} ──push──▶ ring (SPSC, lock-free) ──pop──▶ framer ──▶ hub ──▶ http
+//! source::{capture, wav, tone} ──push──▶ ring (SPSC, lock-free) ──pop──▶ framer ──▶ hub ──▶ http
 //!   paced, own thread            overflow: count, drop           thread    broadcast   one body per
 //!                                                                          of Arc<Frame> listener
 //! ```
@@ -107,7 +107,7 @@ impl Pcmcast {
         .map_err(Error::FramerThread)?;
         let writer = writer_parts.into_writer(framer_thread.thread().clone(), stats.clone());
         let info = source.info.clone();
-        let source_thread = source.start(writer, stop.clone())?;
+        let source_thread = source.start(writer, stats.clone(), stop.clone())?;
         tracing::info!(source = info.kind, name = %info.name, rate_hz = format.rate_hz,
             channels = format.channels, frame_size = settings.frame_size_samples, "source started");
 

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use pcmcast::config::{Cli, ServeArgs};
+use pcmcast::config::{Action, Cli, ServeArgs};
 use pcmcast::{Pcmcast, Settings};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -41,7 +41,10 @@ fn main() -> ExitCode {
             return fail(&anyhow::Error::new(error).context("cannot start the async runtime"));
         }
     };
-    let result = runtime.block_on(serve(cli.into_serve_args()));
+    let result = match cli.into_action() {
+        Action::Serve(args) => runtime.block_on(serve(args)),
+        Action::ListDevices => list_devices(),
+    };
     // Streams that outlived the grace period are dropped here instead of being waited for.
     runtime.shutdown_background();
     match result {
@@ -76,6 +79,23 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
     pcmcast.run(listener, shutdown).await?;
+    Ok(())
+}
+
+/// Prints every input device: id and name, default configuration, supported configurations.
+fn list_devices() -> anyhow::Result<()> {
+    let devices = pcmcast::source::capture::list_devices()?;
+    if devices.is_empty() {
+        println!("no input devices found");
+    }
+    for device in devices {
+        let default = if device.is_default { "  [default]" } else { "" };
+        println!("{}{default}", device.label);
+        println!("    default:   {}", device.default_config);
+        for range in device.supported {
+            println!("    supports:  {range}");
+        }
+    }
     Ok(())
 }
 

@@ -28,7 +28,19 @@ impl RingWriter {
     /// non-blocking wake-up, so this is safe to call from a real-time audio callback.
     pub fn push(&mut self, samples: &[f32]) {
         let pushed = self.producer.push_slice(samples);
-        let dropped_because_framer_is_behind = samples.len() - pushed;
+        self.pushed(samples.len(), pushed);
+    }
+
+    /// Pushes `len` samples produced by `samples` (a conversion over the device's buffer),
+    /// with the same guarantees as [`RingWriter::push`].
+    pub fn push_iter(&mut self, samples: impl Iterator<Item = f32>, len: usize) {
+        let pushed = self.producer.push_iter(samples);
+        self.pushed(len, pushed);
+    }
+
+    /// Counts what did not fit and wakes the framer.
+    fn pushed(&self, offered: usize, pushed: usize) {
+        let dropped_because_framer_is_behind = offered.saturating_sub(pushed);
         if dropped_because_framer_is_behind > 0 {
             self.stats
                 .samples_dropped

@@ -19,6 +19,8 @@ pub enum SourceState {
     Ended = 2,
     /// Shut down on request.
     Stopped = 3,
+    /// The capture device failed; it is being reopened.
+    Reconnecting = 4,
 }
 
 impl SourceState {
@@ -28,6 +30,7 @@ impl SourceState {
             SourceState::Running => "running",
             SourceState::Ended => "ended",
             SourceState::Stopped => "stopped",
+            SourceState::Reconnecting => "reconnecting",
         }
     }
 
@@ -36,6 +39,7 @@ impl SourceState {
             1 => SourceState::Running,
             2 => SourceState::Ended,
             3 => SourceState::Stopped,
+            4 => SourceState::Reconnecting,
             _ => SourceState::Starting,
         }
     }

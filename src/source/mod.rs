@@ -1,15 +1,19 @@
 //! Sources: the one producer that writes interleaved f32 samples into the ring.
 //!
 //! A source is opened (and validated) before the server binds, so bad input fails fast, then
-//! started on its own thread where it runs from start-up whether or not anyone listens. The
-//! file and synthetic sources are [`Generator`]s driven by [`run_paced`], which produces
-//! exactly as many samples as the monotonic clock says are due, in small chunks.
+//! started on its own thread where it runs from start-up whether or not anyone listens. Live
+//! capture is driven by the device's clock ([`capture`]); the file and synthetic sources are
+//! [`Generator`]s driven by [`run_paced`], which produces exactly as many samples as the
+//! monotonic clock says are due, in small chunks.
 
+pub mod capture;
+pub mod convert;
 mod pacer;
 pub mod tone;
 pub mod wav;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
@@ -17,11 +21,21 @@ use tokio_util::sync::CancellationToken;
 
 use crate::frame::StreamFormat;
 use crate::ring::RingWriter;
+use crate::stats::Stats;
+use capture::{Capture, CaptureError, DeviceChoice};
 pub use pacer::Pacer;
 
 /// Which source to run, as chosen on the command line.
 #[derive(Clone, Debug, PartialEq)]
 pub enum SourceSpec {
+    /// Live capture from an input device, at the requested rate and channel count if given.
+    /// With `fallback_to_demo`, an unusable device means the demo recording instead.
+    Capture {
+        device: DeviceChoice,
+        rate_hz: Option<u32>,
+        channels: Option<u16>,
+        fallback_to_demo: bool,
+    },
     /// The bundled demo recording, looped.
     Demo,
     Wav {
@@ -37,7 +51,7 @@ pub enum SourceSpec {
 /// What `/status` says about the source.
 #[derive(Clone, Debug)]
 pub struct SourceInfo {
-    /// `wav`, `tone` or `demo`.
+    /// `capture`, `wav`, `tone` or `demo`.
     pub kind: &'static str,
     /// Human-readable: the file path or the tone's description.
     pub name: String,
@@ -54,6 +68,8 @@ pub enum SourceError {
     },
     #[error("WAV file {path} is not usable: {reason}")]
     WavUnusable { path: PathBuf, reason: String },
+    #[error(transparent)]
+    Capture(#[from] CaptureError),
     #[error("cannot start the source thread")]
     Thread(#[source] std::io::Error),
 }
@@ -68,12 +84,43 @@ pub trait Generator: Send + 'static {
 /// An opened, validated source, ready to start.
 pub struct OpenSource {
     pub info: SourceInfo,
-    generator: Box<dyn Generator>,
+    producer: Producer,
+}
+
+enum Producer {
+    Paced(Box<dyn Generator>),
+    Capture(Capture),
 }
 
 impl OpenSource {
+    fn paced(info: SourceInfo, generator: Box<dyn Generator>) -> OpenSource {
+        OpenSource {
+            info,
+            producer: Producer::Paced(generator),
+        }
+    }
+
     pub fn open(spec: &SourceSpec) -> Result<OpenSource, SourceError> {
         match spec {
+            SourceSpec::Capture {
+                device,
+                rate_hz,
+                channels,
+                fallback_to_demo,
+            } => match capture::open(device, *rate_hz, *channels) {
+                Ok(capture) => Ok(OpenSource {
+                    info: capture.info.clone(),
+                    producer: Producer::Capture(capture),
+                }),
+                Err(error) if *fallback_to_demo => {
+                    tracing::warn!(
+                        "no usable input device ({:#}); replaying the bundled demo recording instead",
+                        anyhow::Error::new(error)
+                    );
+                    wav::open_demo()
+                }
+                Err(error) => Err(error.into()),
+            },
             SourceSpec::Demo => wav::open_demo(),
             SourceSpec::Wav { path, looping } => wav::open_file(path, *looping),
             SourceSpec::Tone { hz, format } => Ok(tone::open(*hz, *format)),
@@ -85,14 +132,20 @@ impl OpenSource {
     pub fn start(
         self,
         writer: RingWriter,
+        stats: Arc<Stats>,
         cancel: CancellationToken,
     ) -> Result<JoinHandle<()>, SourceError> {
         let format = self.info.format;
-        let generator = self.generator;
-        thread::Builder::new()
-            .name("pcmcast-source".into())
-            .spawn(move || run_paced(generator, format, writer, &cancel))
-            .map_err(SourceError::Thread)
+        let thread = thread::Builder::new().name("pcmcast-source".into());
+        match self.producer {
+            Producer::Paced(generator) => {
+                thread.spawn(move || run_paced(generator, format, writer, &cancel))
+            }
+            Producer::Capture(capture) => {
+                thread.spawn(move || capture.supervise(writer, &stats, &cancel))
+            }
+        }
+        .map_err(SourceError::Thread)
     }
 }
 

@@ -13,18 +13,18 @@ struct Tone {
 }
 
 pub fn open(hz: f64, format: StreamFormat) -> OpenSource {
-    OpenSource {
-        info: SourceInfo {
+    OpenSource::paced(
+        SourceInfo {
             kind: "tone",
             name: format!("{hz} Hz sine"),
             format,
         },
-        generator: Box::new(Tone {
+        Box::new(Tone {
             hz,
             format,
             index: 0,
         }),
-    }
+    )
 }
 
 /// Sample `index` of the sine. The phase is reduced to one cycle in f64 from the index so that
@@ -67,7 +67,11 @@ mod tests {
             rate_hz: 8_000,
             channels: 3,
         };
-        let mut tone = open(1_000.0, format).generator;
+        let mut tone = Tone {
+            hz: 1_000.0,
+            format,
+            index: 0,
+        };
         let mut out = [9.0f32; 12];
         assert_eq!(tone.fill(&mut out), 12);
         for (i, frame) in out.chunks_exact(3).enumerate() {

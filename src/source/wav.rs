@@ -143,15 +143,15 @@ fn open_reader<R: Read + Seek + Send + 'static>(
         rate_hz: spec.sample_rate,
         channels: spec.channels,
     };
-    Ok(OpenSource {
-        info: SourceInfo { kind, name, format },
-        generator: Box::new(WavGenerator {
+    Ok(OpenSource::paced(
+        SourceInfo { kind, name, format },
+        Box::new(WavGenerator {
             reader,
             conversion,
             looping,
             name_for_logs: path.display().to_string(),
         }),
-    })
+    ))
 }
 
 #[derive(Clone, Copy)]

@@ -29,7 +29,8 @@ pub struct Server {
 pub async fn start(args: &[&str]) -> Server {
     let cli = Cli::try_parse_from(std::iter::once("pcmcast").chain(args.iter().copied()))
         .expect("valid test arguments");
-    let settings = Settings::try_from(cli.into_serve_args()).expect("valid test settings");
+    let args = cli.into_serve_args().expect("serve arguments");
+    let settings = Settings::try_from(args).expect("valid test settings");
     let pcmcast = Pcmcast::open(settings).expect("source opens");
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
