@@ -53,7 +53,9 @@ impl Framer {
     pub fn push(&mut self, mut samples: &[f32], end_time: f64, mut emit: impl FnMut(Frame)) {
         let channels = usize::from(self.format.channels);
         if let Some(missed) = self.missed_samples(samples.len() / channels, end_time) {
-            emit_all(self.finish(end_time), &mut emit);
+            // What was pending was captured before the outage, which ended at the last push.
+            let before_outage = self.last_end_time.unwrap_or(end_time);
+            emit_all(self.finish(before_outage), &mut emit);
             let frame_size = (self.frame_len_samples / channels) as u64;
             let missed_frames = missed.div_ceil(frame_size);
             self.next_seq += missed_frames;
@@ -259,6 +261,10 @@ mod tests {
         assert_eq!(seqs, vec![0, 1, 2, 23]);
         assert_eq!(pts, vec![0, 100, 200, 2_250]);
         assert_eq!(frames[2].len_per_channel(), 50);
+        assert!(
+            (frames[2].time - 1.05).abs() < 1e-9,
+            "stamped before the outage"
+        );
         assert!((frames[3].time - 3.1).abs() < 1e-9);
     }
 

@@ -394,6 +394,11 @@ pub struct Activity {
 
 impl Activity {
     fn record_error(&self, error: &cpal::Error) {
+        // A dead ALSA stream reports its error in a tight loop until the supervisor drops it
+        // (up to one watch interval): keep only the first.
+        if self.failed.load(Relaxed) {
+            return;
+        }
         if let Ok(mut slot) = self.error.lock() {
             slot.get_or_insert_with(|| error.to_string());
         }
