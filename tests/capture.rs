@@ -358,3 +358,147 @@ fn an_unknown_input_is_refused_with_the_list_of_devices() {
     );
     assert!(error.contains(mic.device()), "lists the devices: {error}");
 }
+
+/// Runs pcmcast with `args` against `mic` until it exits; returns (success, its error line).
+fn refused(mic: &VirtualMic, args: &[&str]) -> (bool, String) {
+    let output = common::output_within(
+        mic.command().args(args).args(["--bind", "127.0.0.1:0"]),
+        Duration::from_secs(30),
+    );
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    let line = stderr.lines().last().unwrap_or_default().to_owned();
+    (output.status.success(), line)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_and_channels_are_honoured_or_refused_with_what_the_device_supports() {
+    let mic = VirtualMic::start("config");
+    let mut command = mic.command();
+    command.args([
+        "--input",
+        "VIRTUAL MICROPHONE",
+        "--rate",
+        "44100",
+        "--channels",
+        "1",
+    ]);
+    command.args(["--frame-size", "441", "--bind", "127.0.0.1:0"]);
+    let pcmcast = common::spawn_command(command);
+    let info = status(&pcmcast).await;
+    assert_eq!(
+        info["source"]["kind"], "capture",
+        "found by part of its name"
+    );
+    assert!(
+        info["source"]["name"]
+            .as_str()
+            .unwrap()
+            .contains(mic.device())
+    );
+    assert_eq!(
+        (
+            info["source"]["rate"].as_u64(),
+            info["source"]["channels"].as_u64()
+        ),
+        (Some(44_100), Some(1))
+    );
+    let mut frames = Box::pin(ndjson(pcmcast.url("/stream.ndjson?frames=20")).await);
+    let mut mono = Vec::new();
+    while let Some(received) = frames.next().await {
+        assert_eq!(received.frame["rate"], 44_100);
+        mono.extend(samples(&received.frame));
+    }
+    assert_eq!(mono.len(), 20 * 441);
+    let hz = frequency_hz(&mono, 44_100.0);
+    assert!(
+        (hz - SINE_HZ).abs() < 1.0,
+        "resampled by the device, still {hz} Hz"
+    );
+
+    let (ok, error) = refused(&mic, &["--input", mic.device(), "--rate", "768000"]);
+    assert!(!ok);
+    assert!(
+        error.contains("cannot capture 768000 Hz with 2 channels"),
+        "{error}"
+    );
+    assert!(
+        error.contains("supports: 1-32 ch, 1-384000 Hz"),
+        "lists what it supports: {error}"
+    );
+}
+
+#[test]
+fn a_name_that_matches_several_devices_is_refused_with_the_matches() {
+    let mic = VirtualMic::start("ambiguous");
+    // "plugin" is in the names of several ALSA plugin devices.
+    let (ok, error) = refused(&mic, &["--input", "plugin"]);
+    assert!(!ok);
+    assert!(
+        error.contains("'plugin' matches several input devices"),
+        "{error}"
+    );
+    assert!(
+        error.matches("alsa:").count() >= 2,
+        "names the matches: {error}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_no_source_option_the_default_input_device_is_captured() {
+    let mic = VirtualMic::start("default");
+    // PulseAudio's default source is the virtual microphone, and ALSA's default PCM goes to
+    // PulseAudio while the daemon runs.
+    let mut command = mic.command();
+    command.args(["--bind", "127.0.0.1:0"]);
+    let pcmcast = common::spawn_command(command);
+    let info = status(&pcmcast).await;
+    assert_eq!(info["source"]["kind"], "capture");
+    assert!(
+        info["source"]["name"]
+            .as_str()
+            .unwrap()
+            .starts_with("alsa:default")
+    );
+    let mut frames = Box::pin(ndjson(pcmcast.url("/stream.ndjson?frames=10")).await);
+    let mut left = Vec::new();
+    while let Some(received) = frames.next().await {
+        left.extend(samples(&received.frame).into_iter().step_by(2));
+    }
+    let hz = frequency_hz(&left, RATE_HZ);
+    assert!((hz - SINE_HZ).abs() < 1.0, "{hz} Hz");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_no_usable_device_the_demo_recording_plays_after_one_log_line() {
+    let dir = common::scratch_dir("no-device");
+    let asoundrc = dir.join("asoundrc");
+    // A default PCM that names a sound card this machine does not have.
+    std::fs::write(&asoundrc, "pcm.!default { type hw card 99 }\n").unwrap();
+    let mut command = Command::new(common::binary());
+    command.env(
+        "ALSA_CONFIG_PATH",
+        format!("/usr/share/alsa/alsa.conf:{}", asoundrc.display()),
+    );
+    command.args(["--bind", "127.0.0.1:0"]);
+    let pcmcast = common::spawn_command(command);
+    let info = status(&pcmcast).await;
+    assert_eq!(info["source"]["kind"], "demo");
+    assert_eq!(
+        info["source"]["state"]
+            .as_str()
+            .map(|s| s == "running" || s == "starting"),
+        Some(true)
+    );
+    let said: Vec<String> = pcmcast.startup.clone();
+    let warnings: Vec<&String> = said
+        .iter()
+        .filter(|l| l.contains("no usable input device"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "one line says so: {said:?}");
+    assert!(warnings[0].contains("demo recording"), "{}", warnings[0]);
+    assert!(
+        said.iter()
+            .all(|l| l.contains(" INFO ") || l.contains(" WARN ")),
+        "nothing but pcmcast's own log lines: {said:?}"
+    );
+}

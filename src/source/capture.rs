@@ -313,6 +313,49 @@ fn summarize_ranges(ranges: &[cpal::SupportedStreamConfigRange]) -> Vec<String> 
         .collect()
 }
 
+/// While alive, stderr is /dev/null: enumerating devices makes ALSA plugins load libraries
+/// such as libjack, which print their failures straight to stderr, burying pcmcast's own
+/// output. Only used around enumeration, before the server starts.
+struct QuietStderr {
+    #[cfg(unix)]
+    saved: Option<std::os::fd::OwnedFd>,
+}
+
+impl QuietStderr {
+    fn new() -> QuietStderr {
+        #[cfg(unix)]
+        {
+            use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+            let Ok(null) = std::fs::OpenOptions::new().write(true).open("/dev/null") else {
+                return QuietStderr { saved: None };
+            };
+            // SAFETY: plain descriptor calls; `saved` owns the duplicate it gets back.
+            let saved = unsafe { libc::dup(libc::STDERR_FILENO) };
+            if saved < 0 {
+                return QuietStderr { saved: None };
+            }
+            let saved = unsafe { OwnedFd::from_raw_fd(saved) };
+            if unsafe { libc::dup2(null.as_raw_fd(), libc::STDERR_FILENO) } < 0 {
+                return QuietStderr { saved: None };
+            }
+            QuietStderr { saved: Some(saved) }
+        }
+        #[cfg(not(unix))]
+        QuietStderr {}
+    }
+}
+
+impl Drop for QuietStderr {
+    fn drop(&mut self) {
+        #[cfg(unix)]
+        if let Some(saved) = &self.saved {
+            use std::os::fd::AsRawFd;
+            // SAFETY: restores the descriptor saved in `new`.
+            unsafe { libc::dup2(saved.as_raw_fd(), libc::STDERR_FILENO) };
+        }
+    }
+}
+
 /// While alive, alsa-lib's error messages on this thread go to a buffer (logged at debug level
 /// when dropped) instead of straight to stderr, where they would bury pcmcast's own one-line
 /// explanation of what went wrong.
@@ -353,6 +396,7 @@ pub struct DeviceReport {
 /// Every input device of the default host.
 pub fn list_devices() -> Result<Vec<DeviceReport>, CaptureError> {
     let _quiet = QuietAlsa::new();
+    let _quiet_plugins = QuietStderr::new();
     let host = cpal::default_host();
     let default_id = host.default_input_device().and_then(|d| d.id().ok());
     let devices = host.input_devices().map_err(CaptureError::List)?;

@@ -63,6 +63,8 @@ impl Server {
 pub struct Process {
     pub child: Child,
     pub addr: SocketAddr,
+    /// Lines of stderr before the "listening on" line.
+    pub startup: Vec<String>,
     /// Lines of stderr after the "listening on" line.
     pub stderr: mpsc::Receiver<String>,
 }
@@ -96,6 +98,7 @@ pub fn spawn_command(mut command: Command) -> Process {
             }
         }
     });
+    let mut startup = Vec::new();
     let addr = loop {
         let line = rx
             .recv_timeout(Duration::from_secs(10))
@@ -103,10 +106,12 @@ pub fn spawn_command(mut command: Command) -> Process {
         if let Some(rest) = line.split("listening on http://").nth(1) {
             break rest.trim_end_matches('/').parse().expect("an address");
         }
+        startup.push(line);
     };
     Process {
         child,
         addr,
+        startup,
         stderr: rx,
     }
 }
