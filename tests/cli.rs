@@ -257,13 +257,7 @@ fn spawn_configured_by(env: &[(&str, &str)]) -> common::Process {
 }
 
 async fn get_status(process: &common::Process) -> Value {
-    let body = reqwest::get(process.url("/status"))
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
-    serde_json::from_slice(&body).unwrap()
+    common::get_json(process.url("/status")).await
 }
 
 /// Polls `/status` until `done` holds (10 s at most) and returns that status.

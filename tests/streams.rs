@@ -285,15 +285,6 @@ impl RawListener {
     }
 }
 
-fn header<'a>(response: &'a reqwest::Response, name: &str) -> &'a str {
-    response
-        .headers()
-        .get(name)
-        .unwrap_or_else(|| panic!("header {name}"))
-        .to_str()
-        .unwrap()
-}
-
 /// Listeners connected together get the same bytes: the file's samples, exactly, from the
 /// first frame after they connected to the end of the file, where the stream ends cleanly and
 /// the server exits by itself.
@@ -394,14 +385,17 @@ async fn pcm_formats_carry_exact_samples_and_describe_themselves() {
         let response = api.get(&path).await;
         assert_eq!(response.status(), 200, "{path}");
         assert_eq!(
-            header(&response, "content-type"),
+            common::header(&response, "content-type"),
             "application/octet-stream"
         );
-        assert_eq!(header(&response, "x-pcm-format"), format, "{path}");
-        assert_eq!(header(&response, "x-pcm-rate"), RATE_HZ.to_string());
-        assert_eq!(header(&response, "x-pcm-channels"), CHANNELS.to_string());
+        assert_eq!(common::header(&response, "x-pcm-format"), format, "{path}");
+        assert_eq!(common::header(&response, "x-pcm-rate"), RATE_HZ.to_string());
         assert_eq!(
-            header(&response, "x-pcm-frame-size"),
+            common::header(&response, "x-pcm-channels"),
+            CHANNELS.to_string()
+        );
+        assert_eq!(
+            common::header(&response, "x-pcm-frame-size"),
             FRAME_SIZE.to_string()
         );
         let body = within(STEP, &path, response.bytes()).await.unwrap();
@@ -445,7 +439,10 @@ async fn ndjson_gives_n_consecutive_frames_of_the_tone() {
     let api = Api::new(server.addr);
 
     let response = api.get(&format!("/stream.ndjson?frames={FRAMES}")).await;
-    assert_eq!(header(&response, "content-type"), "application/x-ndjson");
+    assert_eq!(
+        common::header(&response, "content-type"),
+        "application/x-ndjson"
+    );
     let body = within(STEP, "the NDJSON body", response.bytes())
         .await
         .expect("the body ends cleanly after N frames");
@@ -715,7 +712,7 @@ async fn json_error(response: reqwest::Response, status: u16) -> String {
     let url = response.url().clone();
     assert_eq!(response.status(), status, "{url}");
     assert!(
-        header(&response, "content-type").starts_with("application/json"),
+        common::header(&response, "content-type").starts_with("application/json"),
         "{url}"
     );
     let body = within(STEP, "an error body", response.bytes())

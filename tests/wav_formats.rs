@@ -59,15 +59,6 @@ fn write_fixture(case: Case, path: &Path, seed: u64) -> Vec<f32> {
     }
 }
 
-fn header<'a>(response: &'a reqwest::Response, name: &str) -> &'a str {
-    response
-        .headers()
-        .get(name)
-        .unwrap_or_else(|| panic!("header {name}"))
-        .to_str()
-        .unwrap()
-}
-
 /// Plays one fixture through an in-process server and returns the whole `/stream.pcm` body.
 /// Checking it is left to the caller, so that the runtime's threads stay free for the servers.
 async fn play_once(case: Case, path: PathBuf, frames_in_file: usize) -> Vec<f32> {
@@ -87,19 +78,23 @@ async fn play_once(case: Case, path: PathBuf, frames_in_file: usize) -> Vec<f32>
     .await;
     let response = reqwest::get(server.url("/stream.pcm")).await.unwrap();
     assert_eq!(response.status(), 200, "{case:?}");
-    assert_eq!(header(&response, "x-pcm-format"), "f32le", "{case:?}");
     assert_eq!(
-        header(&response, "x-pcm-rate"),
+        common::header(&response, "x-pcm-format"),
+        "f32le",
+        "{case:?}"
+    );
+    assert_eq!(
+        common::header(&response, "x-pcm-rate"),
         case.rate_hz.to_string(),
         "{case:?}"
     );
     assert_eq!(
-        header(&response, "x-pcm-channels"),
+        common::header(&response, "x-pcm-channels"),
         case.channels.to_string(),
         "{case:?}"
     );
     assert_eq!(
-        header(&response, "x-pcm-frame-size"),
+        common::header(&response, "x-pcm-frame-size"),
         FRAME_SIZE.to_string(),
         "{case:?}"
     );

@@ -319,3 +319,19 @@ pub fn wait_for_exit(child: &mut Child, limit: Duration) -> Option<std::process:
         std::thread::sleep(Duration::from_millis(5));
     }
 }
+
+/// A response header as text; panics if it is missing.
+pub fn header<'a>(response: &'a reqwest::Response, name: &str) -> &'a str {
+    response
+        .headers()
+        .get(name)
+        .unwrap_or_else(|| panic!("header {name}"))
+        .to_str()
+        .unwrap()
+}
+
+/// GETs `url` and parses the body as JSON.
+pub async fn get_json(url: String) -> serde_json::Value {
+    let body = reqwest::get(url).await.unwrap().bytes().await.unwrap();
+    serde_json::from_slice(&body).unwrap()
+}
