@@ -142,6 +142,27 @@ pub struct ServeArgs {
           value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub backlog: u32,
 
+    /// Listeners allowed at once (all stream endpoints together); more get 503 with
+    /// Retry-After
+    #[arg(long, value_name = "N", env = "PCMCAST_MAX_LISTENERS",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_listeners: Option<u64>,
+
+    /// Require `Authorization: Bearer TOKEN` or `?token=TOKEN` on every stream and API
+    /// endpoint (not /healthz); prefer the environment variable, which `ps` does not show
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "PCMCAST_TOKEN",
+        hide_env_values = true
+    )]
+    pub token: Option<String>,
+
+    /// Allow browser pages from this origin (e.g. https://example.org, or *) to use the
+    /// stream and API endpoints (CORS)
+    #[arg(long, value_name = "ORIGIN", env = "PCMCAST_CORS_ORIGIN")]
+    pub cors_origin: Option<String>,
+
     /// Recent frames sent to a new listener before live ones, so players start at once
     /// (at most --backlog)
     #[arg(long, value_name = "FRAMES", env = "PCMCAST_BURST", default_value_t = 0,
@@ -157,6 +178,17 @@ pub struct Settings {
     pub bind: SocketAddr,
     pub backlog_frames: usize,
     pub burst_frames: usize,
+    pub max_listeners: Option<u64>,
+    pub access: Access,
+}
+
+/// Who may use the stream and API endpoints.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Access {
+    /// The bearer token every request must carry, if any.
+    pub token: Option<String>,
+    /// The origin allowed by CORS (`*` for any), if any.
+    pub cors_origin: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -167,6 +199,10 @@ pub enum ConfigError {
     ToneOutOfRange { hz: f64, nyquist_hz: f64 },
     #[error("--rate and --channels do not apply to --wav: a WAV file brings its own")]
     FormatWithWav,
+    #[error("--token must not be empty")]
+    EmptyToken,
+    #[error("--cors-origin must be * or an origin such as https://example.org, got '{0}'")]
+    BadOrigin(String),
     #[error("--burst ({burst}) cannot exceed --backlog ({backlog})")]
     BurstOverBacklog { burst: u32, backlog: u32 },
 }
@@ -213,14 +249,41 @@ impl TryFrom<ServeArgs> for Settings {
                 channels: args.channels,
             },
         };
+        if args.token.as_deref() == Some("") {
+            return Err(ConfigError::EmptyToken);
+        }
+        if let Some(origin) = &args.cors_origin
+            && !valid_origin(origin)
+        {
+            return Err(ConfigError::BadOrigin(origin.clone()));
+        }
         Ok(Settings {
             source,
             frame_size_samples: args.frame_size as usize,
             bind: args.bind,
             backlog_frames: args.backlog as usize,
             burst_frames: args.burst as usize,
+            max_listeners: args.max_listeners,
+            access: Access {
+                token: args.token,
+                cors_origin: args.cors_origin,
+            },
         })
     }
+}
+
+/// `*`, or `scheme://host[:port]` with nothing after it: what a browser sends as `Origin`.
+fn valid_origin(origin: &str) -> bool {
+    if origin == "*" {
+        return true;
+    }
+    let Some((scheme, rest)) = origin.split_once("://") else {
+        return false;
+    };
+    !scheme.is_empty()
+        && !rest.is_empty()
+        && !rest.contains('/')
+        && origin.bytes().all(|b| b.is_ascii_graphic())
 }
 
 #[cfg(test)]
@@ -302,6 +365,9 @@ mod tests {
             (&["--channels", "0", "--tone", "1"], "--channels"),
             (&["--bind", "nowhere"], "--bind"),
             (&["--loop"], "--wav"),
+            (&["--token", ""], "must not be empty"),
+            (&["--cors-origin", "example.org/x"], "--cors-origin"),
+            (&["--max-listeners", "0"], "--max-listeners"),
             (&["--wav", "a.wav", "--tone", "440"], "cannot be used with"),
         ];
         for (args, expected) in cases {

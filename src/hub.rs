@@ -19,11 +19,13 @@ use tokio_stream::Stream;
 use tokio_util::sync::ReusableBoxFuture;
 
 use crate::frame::Frame;
-use crate::stats::{SourceState, Stats};
+use crate::stats::{Endpoint, SourceState, Stats};
 
 struct Shared {
     backlog_frames: usize,
     burst_frames: usize,
+    /// Listeners allowed at once, all endpoints together.
+    max_listeners: Option<u64>,
     /// The last `burst_frames` frames, for new listeners. Only touched when `burst_frames > 0`;
     /// the publisher holds the lock across its send so that a subscriber taking the lock gets
     /// the burst and a receiver positioned exactly after it: no frame missed or repeated.
@@ -43,9 +45,33 @@ pub struct Hub {
     shared: Arc<Shared>,
 }
 
-/// Creates a hub that lets a listener fall `backlog_frames` behind and greets new listeners
-/// with up to `burst_frames` recent frames.
-pub fn hub(backlog_frames: usize, burst_frames: usize, stats: Arc<Stats>) -> (Publisher, Hub) {
+/// How a hub is bounded.
+#[derive(Clone, Copy, Debug)]
+pub struct HubLimits {
+    /// How far a listener may fall behind before it is skipped forward.
+    pub backlog_frames: usize,
+    /// Recent frames a new listener gets before live ones.
+    pub burst_frames: usize,
+    /// Listeners allowed at once; `None` for no limit.
+    pub max_listeners: Option<u64>,
+}
+
+/// Why a listener could not subscribe.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SubscribeError {
+    /// The source has ended; the hub is closed.
+    Ended,
+    /// `max_listeners` are already connected.
+    Full,
+}
+
+/// Creates a hub bounded by `limits`.
+pub fn hub(limits: HubLimits, stats: Arc<Stats>) -> (Publisher, Hub) {
+    let HubLimits {
+        backlog_frames,
+        burst_frames,
+        max_listeners,
+    } = limits;
     let backlog_frames = backlog_frames.max(1);
     // The channel must retain more than the backlog so that `Receiver::len` can see a listener
     // exceed it; tokio rounds the capacity up to a power of two anyway.
@@ -53,6 +79,7 @@ pub fn hub(backlog_frames: usize, burst_frames: usize, stats: Arc<Stats>) -> (Pu
     let shared = Arc::new(Shared {
         backlog_frames,
         burst_frames: burst_frames.min(backlog_frames),
+        max_listeners,
         recent: Mutex::new(VecDeque::with_capacity(burst_frames)),
         stats,
     });
@@ -94,9 +121,16 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Hub {
-    /// Subscribes a new listener; `None` once the source has ended and the hub is closed.
-    pub fn subscribe(&self) -> Option<Subscription> {
-        let sender = self.sender.upgrade()?;
+    /// Subscribes a new listener of `endpoint`.
+    pub fn subscribe(&self, endpoint: Endpoint) -> Result<Subscription, SubscribeError> {
+        let sender = self.sender.upgrade().ok_or(SubscribeError::Ended)?;
+        if !self
+            .shared
+            .stats
+            .try_join(endpoint, self.shared.max_listeners)
+        {
+            return Err(SubscribeError::Full);
+        }
         let (receiver, burst) = if self.shared.burst_frames == 0 {
             (sender.subscribe(), VecDeque::new())
         } else {
@@ -104,9 +138,9 @@ impl Hub {
             (sender.subscribe(), recent.clone())
         };
         drop(sender);
-        self.shared.stats.listener_joined();
         let backlog_frames = self.shared.backlog_frames;
-        Some(Subscription {
+        Ok(Subscription {
+            endpoint,
             burst,
             next: ReusableBoxFuture::new(next_frame(receiver, backlog_frames)),
             done: false,
@@ -128,6 +162,7 @@ pub struct Delivery {
 /// A listener's view of the hub: a stream of [`Delivery`]s that ends when the hub closes.
 /// Dropping it unsubscribes the listener at once.
 pub struct Subscription {
+    endpoint: Endpoint,
     burst: VecDeque<Arc<Frame>>,
     next: ReusableBoxFuture<'static, (Option<Delivery>, broadcast::Receiver<Arc<Frame>>)>,
     done: bool,
@@ -187,9 +222,20 @@ impl Stream for Subscription {
     }
 }
 
+impl Subscription {
+    /// Counts body bytes handed to the HTTP layer for this listener.
+    pub fn sent(&self, bytes: usize) {
+        self.shared
+            .stats
+            .endpoint(self.endpoint)
+            .bytes_sent
+            .fetch_add(bytes as u64, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 impl Drop for Subscription {
     fn drop(&mut self) {
-        self.shared.stats.listener_left();
+        self.shared.stats.listener_left(self.endpoint);
     }
 }
 
@@ -198,6 +244,46 @@ mod tests {
     use super::*;
     use crate::frame::StreamFormat;
     use tokio_stream::StreamExt;
+
+    fn limits(backlog_frames: usize, burst_frames: usize) -> HubLimits {
+        HubLimits {
+            backlog_frames,
+            burst_frames,
+            max_listeners: None,
+        }
+    }
+
+    #[test]
+    fn a_full_hub_refuses_listeners_until_one_leaves() {
+        let stats = Arc::new(Stats::default());
+        let (_publisher, hub) = hub(
+            HubLimits {
+                max_listeners: Some(2),
+                ..limits(4, 0)
+            },
+            stats.clone(),
+        );
+        let a = hub.subscribe(Endpoint::Pcm).unwrap();
+        let _b = hub.subscribe(Endpoint::Wav).unwrap();
+        assert_eq!(
+            hub.subscribe(Endpoint::Pcm).err(),
+            Some(SubscribeError::Full)
+        );
+        drop(a);
+        assert!(hub.subscribe(Endpoint::Ndjson).is_ok());
+        let wav = stats.endpoint(Endpoint::Wav);
+        assert_eq!(
+            wav.listeners_total
+                .load(std::sync::atomic::Ordering::Relaxed),
+            1
+        );
+        assert_eq!(
+            stats
+                .listeners_total
+                .load(std::sync::atomic::Ordering::Relaxed),
+            3
+        );
+    }
 
     fn frame(seq: u64) -> Frame {
         let format = StreamFormat {
@@ -210,9 +296,9 @@ mod tests {
     #[tokio::test]
     async fn every_listener_gets_every_frame_then_the_end() {
         let stats = Arc::new(Stats::default());
-        let (publisher, hub) = hub(8, 0, stats.clone());
-        let mut a = hub.subscribe().unwrap();
-        let mut b = hub.subscribe().unwrap();
+        let (publisher, hub) = hub(limits(8, 0), stats.clone());
+        let mut a = hub.subscribe(Endpoint::Pcm).unwrap();
+        let mut b = hub.subscribe(Endpoint::Pcm).unwrap();
         assert_eq!(
             stats
                 .listeners_current
@@ -227,7 +313,11 @@ mod tests {
             let seqs: Vec<u64> = listener.map(|d| d.frame.seq).collect().await;
             assert_eq!(seqs, vec![0, 1, 2, 3, 4]);
         }
-        assert!(hub.subscribe().is_none(), "closed hub refuses listeners");
+        assert_eq!(
+            hub.subscribe(Endpoint::Pcm).err(),
+            Some(SubscribeError::Ended),
+            "closed hub refuses listeners"
+        );
         drop((a, b));
         assert_eq!(
             stats
@@ -241,8 +331,8 @@ mod tests {
     async fn a_listener_too_far_behind_skips_to_the_backlog_and_is_told() {
         let stats = Arc::new(Stats::default());
         let backlog = 5;
-        let (publisher, hub) = hub(backlog, 0, stats.clone());
-        let mut slow = hub.subscribe().unwrap();
+        let (publisher, hub) = hub(limits(backlog, 0), stats.clone());
+        let mut slow = hub.subscribe(Endpoint::Pcm).unwrap();
         for seq in 0..40 {
             publisher.publish(frame(seq));
         }
@@ -262,11 +352,11 @@ mod tests {
     #[tokio::test]
     async fn burst_gives_recent_frames_then_live_ones_without_gap() {
         let stats = Arc::new(Stats::default());
-        let (publisher, hub) = hub(16, 3, stats);
+        let (publisher, hub) = hub(limits(16, 3), stats);
         for seq in 0..10 {
             publisher.publish(frame(seq));
         }
-        let listener = hub.subscribe().unwrap();
+        let listener = hub.subscribe(Endpoint::Pcm).unwrap();
         publisher.publish(frame(10));
         drop(publisher);
         let seqs: Vec<u64> = listener.map(|d| d.frame.seq).collect().await;

@@ -84,11 +84,12 @@ impl Pcmcast {
         let Pcmcast { settings, source } = self;
         let format = source.info.format;
         let stats = Arc::new(Stats::default());
-        let (publisher, hub) = hub::hub(
-            settings.backlog_frames,
-            settings.burst_frames,
-            stats.clone(),
-        );
+        let limits = hub::HubLimits {
+            backlog_frames: settings.backlog_frames,
+            burst_frames: settings.burst_frames,
+            max_listeners: settings.max_listeners,
+        };
+        let (publisher, hub) = hub::hub(limits, stats.clone());
 
         // The threads stop on `stop`: on shutdown, or once the server is done.
         let stop = shutdown.child_token();
@@ -116,6 +117,7 @@ impl Pcmcast {
             stats,
             source: info,
             frame_size_samples: settings.frame_size_samples,
+            access: settings.access.clone(),
             shutdown: shutdown.clone(),
         });
         let finish = {

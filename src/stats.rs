@@ -47,6 +47,47 @@ impl SourceState {
 
 const NEVER: u64 = u64::MAX;
 
+/// The stream endpoints, each with its own listener counts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Endpoint {
+    Pcm = 0,
+    Wav = 1,
+    Ndjson = 2,
+    Events = 3,
+    Ws = 4,
+}
+
+impl Endpoint {
+    pub const ALL: [Endpoint; 5] = [
+        Endpoint::Pcm,
+        Endpoint::Wav,
+        Endpoint::Ndjson,
+        Endpoint::Events,
+        Endpoint::Ws,
+    ];
+
+    /// The name used in `/status` and as the `endpoint` label in `/metrics`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Endpoint::Pcm => "pcm",
+            Endpoint::Wav => "wav",
+            Endpoint::Ndjson => "ndjson",
+            Endpoint::Events => "events",
+            Endpoint::Ws => "ws",
+        }
+    }
+}
+
+/// Listener counts and bytes sent of one endpoint.
+#[derive(Default)]
+pub struct EndpointStats {
+    pub listeners_current: AtomicU64,
+    pub listeners_peak: AtomicU64,
+    pub listeners_total: AtomicU64,
+    /// Body bytes handed to the HTTP layer for this endpoint's listeners.
+    pub bytes_sent: AtomicU64,
+}
+
 pub struct Stats {
     started: Instant,
     pub frames_produced: AtomicU64,
@@ -57,6 +98,7 @@ pub struct Stats {
     pub listeners_current: AtomicU64,
     pub listeners_peak: AtomicU64,
     pub listeners_total: AtomicU64,
+    endpoints: [EndpointStats; 5],
     source_state: AtomicU8,
     /// Nanoseconds after `started` at which the last frame was published, or `NEVER`.
     last_frame_ns: AtomicU64,
@@ -74,6 +116,7 @@ impl Default for Stats {
             listeners_current: AtomicU64::new(0),
             listeners_peak: AtomicU64::new(0),
             listeners_total: AtomicU64::new(0),
+            endpoints: Default::default(),
             source_state: AtomicU8::new(SourceState::Starting as u8),
             last_frame_ns: AtomicU64::new(NEVER),
             level_rms_bits: AtomicU32::new(0),
@@ -123,13 +166,31 @@ impl Stats {
         }
     }
 
-    pub fn listener_joined(&self) {
-        let current = self.listeners_current.fetch_add(1, Relaxed) + 1;
-        self.listeners_peak.fetch_max(current, Relaxed);
-        self.listeners_total.fetch_add(1, Relaxed);
+    pub fn endpoint(&self, endpoint: Endpoint) -> &EndpointStats {
+        &self.endpoints[endpoint as usize]
     }
 
-    pub fn listener_left(&self) {
+    /// Counts a new listener of `endpoint`, unless `max_listeners` are already connected (all
+    /// endpoints together); then returns false and counts nothing.
+    pub fn try_join(&self, endpoint: Endpoint, max_listeners: Option<u64>) -> bool {
+        let limit = max_listeners.unwrap_or(u64::MAX);
+        let joined = self
+            .listeners_current
+            .fetch_update(Relaxed, Relaxed, |n| (n < limit).then_some(n + 1));
+        let Ok(before) = joined else { return false };
+        self.listeners_peak.fetch_max(before + 1, Relaxed);
+        self.listeners_total.fetch_add(1, Relaxed);
+        let stats = self.endpoint(endpoint);
+        let current = stats.listeners_current.fetch_add(1, Relaxed) + 1;
+        stats.listeners_peak.fetch_max(current, Relaxed);
+        stats.listeners_total.fetch_add(1, Relaxed);
+        true
+    }
+
+    pub fn listener_left(&self, endpoint: Endpoint) {
         self.listeners_current.fetch_sub(1, Relaxed);
+        self.endpoint(endpoint)
+            .listeners_current
+            .fetch_sub(1, Relaxed);
     }
 }

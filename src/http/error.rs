@@ -1,8 +1,10 @@
 //! HTTP errors: every failure is a JSON `{"error": "…"}` body with the right status.
 
 use axum::Json;
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+
+use crate::hub::SubscribeError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -15,7 +17,23 @@ pub enum AppError {
     MethodNotAllowed,
     #[error("the source has ended; no more frames will be streamed")]
     SourceEnded,
+    #[error("too many listeners; try again later")]
+    Full,
+    #[error("missing or wrong token; send Authorization: Bearer TOKEN or ?token=TOKEN")]
+    Unauthorized,
 }
+
+impl From<SubscribeError> for AppError {
+    fn from(error: SubscribeError) -> AppError {
+        match error {
+            SubscribeError::Ended => AppError::SourceEnded,
+            SubscribeError::Full => AppError::Full,
+        }
+    }
+}
+
+/// Seconds a client refused with 503 Full should wait before trying again.
+const RETRY_AFTER_S: &str = "5";
 
 impl AppError {
     fn status(&self) -> StatusCode {
@@ -23,7 +41,8 @@ impl AppError {
             AppError::BadParameter(_) => StatusCode::BAD_REQUEST,
             AppError::NotFound => StatusCode::NOT_FOUND,
             AppError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            AppError::SourceEnded => StatusCode::SERVICE_UNAVAILABLE,
+            AppError::SourceEnded | AppError::Full => StatusCode::SERVICE_UNAVAILABLE,
+            AppError::Unauthorized => StatusCode::UNAUTHORIZED,
         }
     }
 }
@@ -31,6 +50,17 @@ impl AppError {
 impl IntoResponse for AppError {
     fn into_response(self) -> Response {
         let body = Json(serde_json::json!({ "error": self.to_string() }));
-        (self.status(), body).into_response()
+        let mut response = (self.status(), body).into_response();
+        let headers = response.headers_mut();
+        match self {
+            AppError::Full => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_S));
+            }
+            AppError::Unauthorized => {
+                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            _ => {}
+        }
+        response
     }
 }

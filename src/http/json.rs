@@ -2,18 +2,25 @@
 
 use std::sync::Arc;
 
+use axum::Router;
 use axum::extract::{RawQuery, State};
 use axum::response::Response;
+use axum::routing::get;
 
 use super::listener::{Encoding, ListenerBody};
 use super::{AppError, AppState, params};
+use crate::stats::Endpoint;
 
-pub async fn stream_ndjson(
+pub fn routes() -> Router<Arc<AppState>> {
+    Router::new().route("/stream.ndjson", get(stream_ndjson))
+}
+
+async fn stream_ndjson(
     State(state): State<Arc<AppState>>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, AppError> {
     let params = params::parse(query.as_deref(), &["frames"])?;
-    let subscription = state.hub.subscribe().ok_or(AppError::SourceEnded)?;
+    let subscription = state.hub.subscribe(Endpoint::Ndjson)?;
     let body = ListenerBody::new(
         subscription,
         Encoding::Ndjson,

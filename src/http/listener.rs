@@ -89,6 +89,7 @@ impl Stream for ListenerBody {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         if let Some(preamble) = self.preamble.take() {
+            self.subscription.sent(preamble.len());
             return Poll::Ready(Some(Ok(preamble)));
         }
         if self.remaining_frames == Some(0) || self.shutdown.as_mut().poll(cx).is_ready() {
@@ -100,6 +101,8 @@ impl Stream for ListenerBody {
         if let Some(remaining) = self.remaining_frames.as_mut() {
             *remaining -= 1;
         }
-        Poll::Ready(Some(Ok(self.encode(&delivery))))
+        let chunk = self.encode(&delivery);
+        self.subscription.sent(chunk.len());
+        Poll::Ready(Some(Ok(chunk)))
     }
 }

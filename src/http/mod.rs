@@ -1,12 +1,20 @@
-//! The HTTP layer: axum routes over the hub. One file per family of endpoints; this file
-//! builds the router and owns the state every handler shares.
+//! The HTTP layer: axum routes over the hub. One file per family of endpoints, each with its
+//! own `routes()`; this file puts them together and owns the state every handler shares.
+//!
+//! The stream and API endpoints sit behind `access` (token, CORS); the player page, its
+//! assets and `/healthz` stay open.
 
+mod access;
 mod error;
+mod events;
 mod json;
 mod listener;
+mod metrics;
+mod page;
 mod params;
 mod pcm;
 mod status;
+mod ws;
 
 use std::sync::Arc;
 
@@ -14,6 +22,7 @@ use axum::Router;
 use axum::routing::get;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::Access;
 use crate::hub::Hub;
 use crate::source::SourceInfo;
 use crate::stats::Stats;
@@ -24,16 +33,22 @@ pub struct AppState {
     pub stats: Arc<Stats>,
     pub source: SourceInfo,
     pub frame_size_samples: usize,
+    pub access: Access,
     /// Cancelled on shutdown: every open stream body ends at once with a clean final chunk.
     pub shutdown: CancellationToken,
 }
 
 pub fn app(state: Arc<AppState>) -> Router {
+    let protected = Router::new()
+        .merge(pcm::routes())
+        .merge(json::routes())
+        .merge(events::routes())
+        .merge(ws::routes())
+        .merge(status::routes())
+        .merge(metrics::routes());
     Router::new()
-        .route("/stream.pcm", get(pcm::stream_pcm))
-        .route("/stream.wav", get(pcm::stream_wav))
-        .route("/stream.ndjson", get(json::stream_ndjson))
-        .route("/status", get(status::status))
+        .merge(access::protect(protected, &state))
+        .merge(page::routes())
         .route("/healthz", get(status::healthz))
         .fallback(|| async { AppError::NotFound })
         .method_not_allowed_fallback(|| async { AppError::MethodNotAllowed })

@@ -3,27 +3,36 @@
 
 use std::sync::Arc;
 
+use axum::Router;
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderName, HeaderValue};
 use axum::response::Response;
+use axum::routing::get;
 
 use super::listener::{Encoding, ListenerBody};
 use super::{AppError, AppState, params};
 use crate::encode::{self, PcmFormat};
+use crate::stats::Endpoint;
 
 const PARAMS: &[&str] = &["format", "frames"];
 
-pub async fn stream_pcm(
+pub fn routes() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/stream.pcm", get(stream_pcm))
+        .route("/stream.wav", get(stream_wav))
+}
+
+async fn stream_pcm(
     State(state): State<Arc<AppState>>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, AppError> {
     let params = params::parse(query.as_deref(), PARAMS)?;
     let format = params.format.unwrap_or(PcmFormat::F32le);
-    let body = listener(&state, format, None, params.frames)?;
+    let body = listener(&state, Endpoint::Pcm, format, None, params.frames)?;
     Ok(body.into_response("application/octet-stream", &pcm_headers(&state, format)))
 }
 
-pub async fn stream_wav(
+async fn stream_wav(
     State(state): State<Arc<AppState>>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, AppError> {
@@ -31,17 +40,18 @@ pub async fn stream_wav(
     let format = params.format.unwrap_or(PcmFormat::S16le);
     let stream = state.source.format;
     let header = encode::wav_header(format, stream.rate_hz, stream.channels);
-    let body = listener(&state, format, Some(header), params.frames)?;
+    let body = listener(&state, Endpoint::Wav, format, Some(header), params.frames)?;
     Ok(body.into_response("audio/wav", &pcm_headers(&state, format)))
 }
 
 fn listener(
     state: &AppState,
+    endpoint: Endpoint,
     format: PcmFormat,
     preamble: Option<bytes::Bytes>,
     frames: Option<u64>,
 ) -> Result<ListenerBody, AppError> {
-    let subscription = state.hub.subscribe().ok_or(AppError::SourceEnded)?;
+    let subscription = state.hub.subscribe(endpoint)?;
     Ok(ListenerBody::new(
         subscription,
         Encoding::Pcm(format),

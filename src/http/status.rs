@@ -4,16 +4,22 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
-use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
 use serde_json::{Value, json};
 
 use super::AppState;
 use crate::stats::SourceState;
 
-pub async fn status(State(state): State<Arc<AppState>>) -> Json<Value> {
+/// `/status`; `/healthz` is routed by the caller, outside access control.
+pub fn routes() -> Router<Arc<AppState>> {
+    Router::new().route("/status", get(status))
+}
+
+async fn status(State(state): State<Arc<AppState>>) -> Json<Value> {
     let stats = &state.stats;
     let source = &state.source;
     let level = stats.last_level();
