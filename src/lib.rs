@@ -36,6 +36,7 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 pub use config::Settings;
 use framer::Framer;
@@ -112,6 +113,7 @@ impl Pcmcast {
         tracing::info!(source = info.kind, name = %info.name, rate_hz = format.rate_hz,
             channels = format.channels, frame_size = settings.frame_size_samples, "source started");
 
+        let tasks = TaskTracker::new();
         let state = Arc::new(http::AppState {
             hub,
             stats,
@@ -119,6 +121,7 @@ impl Pcmcast {
             frame_size_samples: settings.frame_size_samples,
             access: settings.access.clone(),
             shutdown: shutdown.clone(),
+            tasks: tasks.clone(),
         });
         let finish = {
             let (shutdown, source_ended) = (shutdown.clone(), source_ended.clone());
@@ -156,6 +159,13 @@ impl Pcmcast {
                 }
             }
         };
+        tasks.close();
+        if tokio::time::timeout(SHUTDOWN_GRACE, tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("some WebSocket listeners did not close in time");
+        }
         stop.cancel();
         let joined = tokio::task::spawn_blocking(move || {
             let _ = source_thread.join();

@@ -24,6 +24,14 @@ pub enum SourceState {
 }
 
 impl SourceState {
+    pub const ALL: [SourceState; 5] = [
+        SourceState::Starting,
+        SourceState::Running,
+        SourceState::Ended,
+        SourceState::Stopped,
+        SourceState::Reconnecting,
+    ];
+
     pub fn name(self) -> &'static str {
         match self {
             SourceState::Starting => "starting",

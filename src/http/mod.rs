@@ -21,6 +21,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::routing::get;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::config::Access;
 use crate::hub::Hub;
@@ -36,6 +37,9 @@ pub struct AppState {
     pub access: Access,
     /// Cancelled on shutdown: every open stream body ends at once with a clean final chunk.
     pub shutdown: CancellationToken,
+    /// Connection tasks that outlive their request (upgraded WebSockets), which axum's
+    /// graceful shutdown does not wait for; `run` waits for them to send their Close.
+    pub tasks: TaskTracker,
 }
 
 pub fn app(state: Arc<AppState>) -> Router {

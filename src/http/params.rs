@@ -5,22 +5,47 @@ use crate::encode::PcmFormat;
 
 use super::AppError;
 
-#[derive(Debug, Default, PartialEq)]
-pub struct StreamParams {
-    pub format: Option<PcmFormat>,
+/// `F` is what `format=` means: PCM formats for most endpoints, `/ws` has its own.
+#[derive(Debug, PartialEq)]
+pub struct StreamParams<F = PcmFormat> {
+    pub format: Option<F>,
     /// End the stream after this many frames.
     pub frames: Option<u64>,
 }
 
-/// Parses `query`, accepting only the parameters named in `allowed`.
+// By hand: derived, it would require `F: Default`.
+impl<F> Default for StreamParams<F> {
+    fn default() -> Self {
+        StreamParams {
+            format: None,
+            frames: None,
+        }
+    }
+}
+
+/// Taken by every endpoint and ignored here: `access` has checked it before any handler runs.
+const TOKEN: &str = "token";
+
+/// Parses `query`, accepting only the parameters named in `allowed`, and `token`.
 pub fn parse(query: Option<&str>, allowed: &[&str]) -> Result<StreamParams, AppError> {
+    parse_with(query, allowed, parse_format)
+}
+
+/// Like [`parse`], for an endpoint whose `format=` values are its own: `parse_format` reads
+/// them and names the accepted values in its error.
+pub fn parse_with<F>(
+    query: Option<&str>,
+    allowed: &[&str],
+    parse_format: impl Fn(&str) -> Result<F, AppError>,
+) -> Result<StreamParams<F>, AppError> {
     let mut params = StreamParams::default();
     let mut seen: Vec<String> = Vec::new();
     for (name, value) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
-        if !allowed.contains(&name.as_ref()) {
+        if name != TOKEN && !allowed.contains(&name.as_ref()) {
+            let takes: Vec<&str> = allowed.iter().copied().chain([TOKEN]).collect();
             return Err(AppError::BadParameter(format!(
                 "unknown parameter '{name}' (this endpoint takes: {})",
-                allowed.join(", ")
+                takes.join(", ")
             )));
         }
         if seen.iter().any(|s| *s == name) {
@@ -31,6 +56,7 @@ pub fn parse(query: Option<&str>, allowed: &[&str]) -> Result<StreamParams, AppE
         match name.as_ref() {
             "format" => params.format = Some(parse_format(&value)?),
             "frames" => params.frames = Some(parse_frames(&value)?),
+            TOKEN => {}
             _ => unreachable!("every allowed parameter is handled"),
         }
         seen.push(name.into_owned());
@@ -88,5 +114,25 @@ mod tests {
         assert!(error("volume=11", PCM).contains("unknown parameter 'volume'"));
         assert!(error("format=s16le", &["frames"]).contains("unknown parameter 'format'"));
         assert!(error("format=%FF", PCM).contains("'format'"));
+    }
+
+    #[test]
+    fn every_endpoint_takes_a_token_and_ignores_its_value() {
+        for allowed in [PCM, &["frames"], &[]] {
+            assert_eq!(
+                parse(Some("token=anything%20at%20all"), allowed).unwrap(),
+                StreamParams::default()
+            );
+        }
+        assert_eq!(
+            parse(Some("frames=3&token=t&format=s16le"), PCM).unwrap(),
+            StreamParams {
+                format: Some(PcmFormat::S16le),
+                frames: Some(3)
+            }
+        );
+        assert!(error("token=a&token=b", PCM).contains("more than once"));
+        assert!(error("volume=11", &["frames"]).contains("takes: frames, token)"));
+        assert!(error("volume=11", &[]).contains("takes: token)"));
     }
 }

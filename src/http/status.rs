@@ -57,27 +57,28 @@ fn dbfs(linear: f32) -> Option<f32> {
 }
 
 pub async fn healthz(State(state): State<Arc<AppState>>) -> Response {
+    match source_health(&state) {
+        Ok(()) => "ok".into_response(),
+        Err(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "error": reason })),
+        )
+            .into_response(),
+    }
+}
+
+/// Whether the source delivers frames: running, with a frame within a few frame periods (at
+/// least a second). The reason why not otherwise. `/healthz` and `/metrics` both ask this.
+pub fn source_health(state: &AppState) -> Result<(), String> {
     let frame_period = state.frame_size_samples as f64 / f64::from(state.source.format.rate_hz);
-    // Healthy while a frame arrived within a few frame periods (at least a second).
     let limit = Duration::from_secs_f64((4.0 * frame_period).max(1.0));
     let source_state = state.stats.source_state();
-    let healthy = source_state == SourceState::Running
-        && state
-            .stats
-            .since_last_frame()
-            .is_some_and(|age| age <= limit);
-    if healthy {
-        return "ok".into_response();
+    match state.stats.since_last_frame() {
+        Some(age) if source_state == SourceState::Running && age <= limit => Ok(()),
+        Some(age) if source_state == SourceState::Running => Err(format!(
+            "no frame from the source for {:.1} s",
+            age.as_secs_f64()
+        )),
+        _ => Err(format!("the source is {}", source_state.name())),
     }
-    let reason = match state.stats.since_last_frame() {
-        Some(age) if source_state == SourceState::Running => {
-            format!("no frame from the source for {:.1} s", age.as_secs_f64())
-        }
-        _ => format!("the source is {}", source_state.name()),
-    };
-    (
-        StatusCode::SERVICE_UNAVAILABLE,
-        Json(json!({ "error": reason })),
-    )
-        .into_response()
 }
