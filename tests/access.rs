@@ -8,20 +8,17 @@
 
 mod common;
 
-use std::future::Future;
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use common::api::{Api, STEP, json_error_message, ok_body, send, within};
 use futures_util::StreamExt;
 use reqwest::header::{self, HeaderValue};
 use reqwest::{Method, RequestBuilder, Response};
 use serde_json::Value;
 use tokio_tungstenite::connect_async;
 use tokio_tungstenite::tungstenite::{self, Message, client::IntoClientRequest};
-
-/// Bound on any single step: a request, a short read, a wait for a condition.
-const STEP: Duration = Duration::from_secs(5);
 
 const TOKEN: &str = "s3cret-Token_42";
 
@@ -39,23 +36,6 @@ const PROTECTED: &[&str] = &[
 /// looked at.
 const WEBSOCKET: &str = "/ws?frames=2";
 
-/// Awaits `future`, failing the test if it takes longer than `limit`.
-async fn within<T>(limit: Duration, what: &str, future: impl Future<Output = T>) -> T {
-    tokio::time::timeout(limit, future)
-        .await
-        .unwrap_or_else(|_| panic!("{what}: not done within {limit:?}"))
-}
-
-/// Sends `request` and returns once the response headers are in.
-async fn send(request: RequestBuilder) -> Response {
-    let (client, request) = request.build_split();
-    let request = request.expect("a valid request");
-    let what = format!("{} {}", request.method(), request.url());
-    within(STEP, &what, client.execute(request))
-        .await
-        .unwrap_or_else(|e| panic!("{what}: {e}"))
-}
-
 /// `path_and_query` with `token` added as the `token` query parameter, percent-encoded.
 fn with_token(path_and_query: &str, token: &str) -> String {
     let separator = if path_and_query.contains('?') {
@@ -65,15 +45,6 @@ fn with_token(path_and_query: &str, token: &str) -> String {
     };
     let encoded: String = form_urlencoded::byte_serialize(token.as_bytes()).collect();
     format!("{path_and_query}{separator}token={encoded}")
-}
-
-/// The whole body of a 200 response that ends by itself.
-async fn ok_body(response: Response) -> bytes::Bytes {
-    let url = response.url().clone();
-    assert_eq!(response.status(), 200, "{url}");
-    within(STEP, url.as_str(), response.bytes())
-        .await
-        .unwrap_or_else(|e| panic!("{url}: the body ends cleanly: {e}"))
 }
 
 /// Checks `response` is a 401 JSON error that tells the client how to authenticate.
@@ -91,13 +62,7 @@ async fn assert_unauthorized(response: Response, what: &str) {
 /// Checks `response` is a JSON error `{"error": "…"}` whose message contains `names`.
 async fn assert_json_error(response: Response, names: &str) {
     let url = response.url().clone();
-    assert!(
-        common::header(&response, "content-type").starts_with("application/json"),
-        "{url}"
-    );
-    let body = within(STEP, url.as_str(), response.bytes()).await.unwrap();
-    let body: Value = serde_json::from_slice(&body).expect("the error is JSON");
-    let error = body["error"].as_str().expect("an \"error\" string");
+    let error = json_error_message(response).await;
     assert!(error.contains(names), "{url}: '{error}' names '{names}'");
 }
 
@@ -119,66 +84,12 @@ fn header_list(response: &Response, name: &str) -> Vec<String> {
         .collect()
 }
 
-/// A client of one server that authenticates its `/status` requests when it has a token.
-struct Api {
-    client: reqwest::Client,
-    server: common::Server,
-    token: Option<&'static str>,
-}
-
-impl Api {
-    async fn start(args: &[&str], token: Option<&'static str>) -> Api {
-        Api {
-            client: reqwest::Client::new(),
-            server: common::start(args).await,
-            token,
-        }
-    }
-
-    fn get(&self, path_and_query: &str) -> RequestBuilder {
-        self.client.get(self.server.url(path_and_query))
-    }
-
-    /// A GET carrying the token, if there is one, as a bearer header.
-    fn authed(&self, path_and_query: &str) -> RequestBuilder {
-        let request = self.get(path_and_query);
-        match self.token {
-            Some(token) => request.bearer_auth(token),
-            None => request,
-        }
-    }
-
-    async fn status(&self) -> Value {
-        let body = ok_body(send(self.authed("/status")).await).await;
-        serde_json::from_slice(&body).expect("/status is JSON")
-    }
-
-    /// Polls `/status` until `ready` holds for it; fails the test after [`STEP`].
-    async fn wait_for_status(&self, what: &str, ready: impl Fn(&Value) -> bool) -> Value {
-        let deadline = Instant::now() + STEP;
-        loop {
-            let status = self.status().await;
-            if ready(&status) {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "waited {STEP:?} for {what}; last /status: {status}"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
-
-    async fn wait_for_listeners(&self, current: u64) -> Value {
-        self.wait_for_status(&format!("{current} listeners"), |s| {
-            s["listeners"]["current"] == current
-        })
-        .await
-    }
-
-    async fn stop(self) {
-        self.server.stop().await;
-    }
+/// Starts a server with `args`, and a client of it that authenticates its `/status` requests
+/// when it has a token.
+async fn start(args: &[&str], token: Option<&str>) -> (common::Server, Api) {
+    let server = common::start(args).await;
+    let api = Api::new(server.addr).bearer(token);
+    (server, api)
 }
 
 /// Reads from a live stream until some bytes arrive.
@@ -197,12 +108,12 @@ async fn first_bytes(response: &mut Response) -> bytes::Bytes {
 /// route gets the endpoint's content. `/healthz` and `/` stay open.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_guards_every_stream_and_api_endpoint() {
-    let api = Api::start(&["--tone", "440", "--token", TOKEN], Some(TOKEN)).await;
+    let (server, api) = start(&["--tone", "440", "--token", TOKEN], Some(TOKEN)).await;
     for path in PROTECTED.iter().chain(&[WEBSOCKET]) {
-        assert_unauthorized(send(api.get(path)).await, "no token").await;
-        let by_header = api.get(path).bearer_auth("wrong");
+        assert_unauthorized(send(api.request(path)).await, "no token").await;
+        let by_header = api.request(path).bearer_auth("wrong");
         assert_unauthorized(send(by_header).await, "wrong header").await;
-        let by_query = api.get(&with_token(path, "wrong"));
+        let by_query = api.request(&with_token(path, "wrong"));
         assert_unauthorized(send(by_query).await, "wrong query").await;
     }
     assert_eq!(
@@ -212,7 +123,7 @@ async fn a_token_guards_every_stream_and_api_endpoint() {
     );
 
     for path in PROTECTED {
-        for request in [api.authed(path), api.get(&with_token(path, TOKEN))] {
+        for request in [api.authed(path), api.request(&with_token(path, TOKEN))] {
             let body = ok_body(send(request).await).await;
             assert!(!body.is_empty(), "{path}: an empty body");
         }
@@ -220,11 +131,11 @@ async fn a_token_guards_every_stream_and_api_endpoint() {
     let pcm = &ok_body(send(api.authed("/stream.pcm?frames=2")).await).await;
     assert_eq!(pcm.len(), 2 * 1024 * 2 * 4, "two f32le stereo frames");
 
-    let healthz = send(api.get("/healthz")).await;
+    let healthz = send(api.request("/healthz")).await;
     assert_eq!(ok_body(healthz).await, "ok");
-    let page = send(api.get("/")).await;
+    let page = send(api.request("/")).await;
     assert_ne!(page.status(), 401, "the page is open");
-    api.stop().await;
+    server.stop().await;
 }
 
 /// Tokens that are almost right — one byte off at the end or start, a byte short or long, in
@@ -232,7 +143,7 @@ async fn a_token_guards_every_stream_and_api_endpoint() {
 /// parameter names carrying the right token.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn near_misses_are_refused() {
-    let api = Api::start(&["--tone", "440", "--token", TOKEN], Some(TOKEN)).await;
+    let (server, api) = start(&["--tone", "440", "--token", TOKEN], Some(TOKEN)).await;
     let (body, last) = TOKEN.split_at(TOKEN.len() - 1);
     let last_byte_off = format!("{body}{}", char::from(last.as_bytes()[0] + 1));
     let first_byte_off = format!("t{}", &TOKEN[1..]);
@@ -251,9 +162,9 @@ async fn near_misses_are_refused() {
         [TOKEN.len(); 2]
     );
     for token in wrong {
-        let by_header = api.get("/status").bearer_auth(token);
+        let by_header = api.request("/status").bearer_auth(token);
         assert_unauthorized(send(by_header).await, token).await;
-        let by_query = api.get(&with_token("/stream.pcm?frames=1", token));
+        let by_query = api.request(&with_token("/stream.pcm?frames=1", token));
         assert_unauthorized(send(by_query).await, token).await;
     }
     for authorization in [
@@ -263,7 +174,7 @@ async fn near_misses_are_refused() {
         TOKEN.to_owned(),
     ] {
         let request = api
-            .get("/status")
+            .request("/status")
             .header(header::AUTHORIZATION, &authorization);
         assert_unauthorized(send(request).await, &authorization).await;
     }
@@ -271,14 +182,14 @@ async fn near_misses_are_refused() {
         format!("/status?Token={TOKEN}"),
         format!("/status?access_token={TOKEN}"),
     ] {
-        assert_unauthorized(send(api.get(&query)).await, &query).await;
+        assert_unauthorized(send(api.request(&query)).await, &query).await;
     }
     // The right token still works, whatever the case of the scheme.
     let request = api
-        .get("/status")
+        .request("/status")
         .header(header::AUTHORIZATION, format!("bEaReR {TOKEN}"));
     ok_body(send(request).await).await;
-    api.stop().await;
+    server.stop().await;
 }
 
 /// The query token is percent-decoded (`%20` and `+` for a space alike), so a token with
@@ -286,21 +197,21 @@ async fn near_misses_are_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_query_token_is_percent_decoded() {
     const ODD: &str = "a b&c=d/é?+%";
-    let api = Api::start(&["--tone", "440", "--token", ODD], None).await;
+    let (server, api) = start(&["--tone", "440", "--token", ODD], None).await;
     let every_byte_escaped: String = ODD.bytes().map(|b| format!("%{b:02X}")).collect();
     for query in [
         with_token("/status", ODD),
         format!("/status?token={every_byte_escaped}"),
     ] {
         assert!(!query.contains(' ') && !query.contains('é'), "{query}");
-        ok_body(send(api.get(&query)).await).await;
+        ok_body(send(api.request(&query)).await).await;
     }
     let raw = HeaderValue::from_bytes(format!("Bearer {ODD}").as_bytes()).unwrap();
-    let by_header = api.get("/status").header(header::AUTHORIZATION, raw);
+    let by_header = api.request("/status").header(header::AUTHORIZATION, raw);
     ok_body(send(by_header).await).await;
-    let undecoded = api.get(&format!("/status?token={every_byte_escaped}x"));
+    let undecoded = api.request(&format!("/status?token={every_byte_escaped}x"));
     assert_unauthorized(send(undecoded).await, "one byte too many").await;
-    api.stop().await;
+    server.stop().await;
 }
 
 /// What a WebSocket handshake for `request` got: the messages until the server closed, or the
@@ -326,8 +237,8 @@ async fn websocket(request: impl IntoClientRequest + Unpin) -> Result<Vec<Messag
 /// by query (what a browser can send) or by header.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_websocket_needs_the_token_too() {
-    let api = Api::start(&["--tone", "440", "--token", TOKEN], Some(TOKEN)).await;
-    let url = format!("ws://{}{WEBSOCKET}", api.server.addr);
+    let (server, api) = start(&["--tone", "440", "--token", TOKEN], Some(TOKEN)).await;
+    let url = format!("ws://{}{WEBSOCKET}", api.addr);
     assert_eq!(websocket(url.as_str()).await, Err(401), "no token");
     let wrong = with_token(&url, "wrong");
     assert_eq!(websocket(wrong.as_str()).await, Err(401), "wrong token");
@@ -344,7 +255,7 @@ async fn the_websocket_needs_the_token_too() {
         assert!(messages[0].is_text(), "the stream info first: {messages:?}");
         assert_eq!(frames, 2, "{messages:?}");
     }
-    api.stop().await;
+    server.stop().await;
 }
 
 /// Runs `curl` with `args` on a blocking thread, so the runtime stays free for the server.
@@ -362,8 +273,8 @@ async fn curl(args: Vec<String>) -> std::process::Output {
 /// without it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn curl_streams_with_the_token_and_is_refused_without() {
-    let api = Api::start(&["--tone", "440", "--token", TOKEN], Some(TOKEN)).await;
-    let url = api.server.url("/stream.pcm?frames=3");
+    let (server, api) = start(&["--tone", "440", "--token", TOKEN], Some(TOKEN)).await;
+    let url = api.url("/stream.pcm?frames=3");
     let expected_bytes = 3 * 1024 * 2 * 4;
     let by_header = curl(vec![
         "-sSN".into(),
@@ -388,7 +299,7 @@ async fn curl_streams_with_the_token_and_is_refused_without() {
     assert_eq!(code, "401", "{text}");
     let body: Value = serde_json::from_str(body).expect("a JSON error");
     assert!(body["error"].as_str().unwrap().contains("token"), "{body}");
-    api.stop().await;
+    server.stop().await;
 }
 
 /// With `--max-listeners 2`, a third listener gets 503 with Retry-After while two are
@@ -397,7 +308,7 @@ async fn curl_streams_with_the_token_and_is_refused_without() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_listeners_refuses_the_third_until_one_leaves() {
     let args = ["--tone", "440", "--token", TOKEN, "--max-listeners", "2"];
-    let api = Api::start(&args, Some(TOKEN)).await;
+    let (server, api) = start(&args, Some(TOKEN)).await;
     let mut first = send(api.authed("/stream.pcm")).await;
     let mut second = send(api.authed("/stream.ndjson")).await;
     for listener in [&mut first, &mut second] {
@@ -415,8 +326,8 @@ async fn max_listeners_refuses_the_third_until_one_leaves() {
         assert!(retry_after > 0, "{path}");
         assert_json_error(refused, "too many listeners").await;
     }
-    assert_unauthorized(send(api.get("/stream.wav")).await, "full, no token").await;
-    let ws_url = format!("ws://{}/ws", api.server.addr);
+    assert_unauthorized(send(api.request("/stream.wav")).await, "full, no token").await;
+    let ws_url = format!("ws://{}/ws", server.addr);
     assert_eq!(websocket(with_token(&ws_url, TOKEN)).await, Err(503));
     let status = api.status().await;
     assert_eq!(status["listeners"]["current"], 2);
@@ -434,13 +345,13 @@ async fn max_listeners_refuses_the_third_until_one_leaves() {
     assert_eq!(status["listeners"]["peak"], 2);
     assert_eq!(status["listeners"]["total"], 3);
     drop((second, third));
-    api.stop().await;
+    server.stop().await;
 }
 
 /// A CORS preflight for a GET with an Authorization header, from `origin`.
 fn preflight(api: &Api, path: &str, origin: &str) -> RequestBuilder {
     api.client
-        .request(Method::OPTIONS, api.server.url(path))
+        .request(Method::OPTIONS, api.url(path))
         .header(header::ORIGIN, origin)
         .header(header::ACCESS_CONTROL_REQUEST_METHOD, "GET")
         .header(header::ACCESS_CONTROL_REQUEST_HEADERS, "authorization")
@@ -475,7 +386,7 @@ fn assert_preflight_allows(response: &Response, allowed_origin: &str) {
 async fn cors_lets_the_configured_origin_read_streams() {
     const ORIGIN: &str = "https://example.org";
     let args = ["--tone", "440", "--token", TOKEN, "--cors-origin", ORIGIN];
-    let api = Api::start(&args, Some(TOKEN)).await;
+    let (server, api) = start(&args, Some(TOKEN)).await;
 
     for path in PROTECTED {
         let response = send(preflight(&api, path, ORIGIN)).await;
@@ -503,7 +414,7 @@ async fn cors_lets_the_configured_origin_read_streams() {
     }
     ok_body(response).await;
 
-    let refused = send(api.get("/status").header(header::ORIGIN, ORIGIN)).await;
+    let refused = send(api.request("/status").header(header::ORIGIN, ORIGIN)).await;
     assert_eq!(
         optional_header(&refused, "access-control-allow-origin"),
         Some(ORIGIN),
@@ -522,16 +433,16 @@ async fn cors_lets_the_configured_origin_read_streams() {
         optional_header(&response, "access-control-allow-origin"),
         None
     );
-    api.stop().await;
+    server.stop().await;
 }
 
 /// With `--cors-origin '*'`, any origin may read the streams.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cors_star_allows_any_origin() {
-    let api = Api::start(&["--tone", "440", "--cors-origin", "*"], None).await;
+    let (server, api) = start(&["--tone", "440", "--cors-origin", "*"], None).await;
     for origin in ["https://example.org", "http://localhost:3000"] {
         let response = send(
-            api.get("/stream.ndjson?frames=1")
+            api.request("/stream.ndjson?frames=1")
                 .header(header::ORIGIN, origin),
         )
         .await;
@@ -543,16 +454,16 @@ async fn cors_star_allows_any_origin() {
         let response = send(preflight(&api, "/stream.pcm", origin)).await;
         assert_preflight_allows(&response, "*");
     }
-    api.stop().await;
+    server.stop().await;
 }
 
 /// Without `--cors-origin`, responses carry no CORS headers and a preflight is not allowed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_cors_origin_there_are_no_cors_headers() {
     const ORIGIN: &str = "https://example.org";
-    let api = Api::start(&["--tone", "440"], None).await;
+    let (server, api) = start(&["--tone", "440"], None).await;
     let response = send(
-        api.get("/stream.pcm?frames=1")
+        api.request("/stream.pcm?frames=1")
             .header(header::ORIGIN, ORIGIN),
     )
     .await;
@@ -575,7 +486,7 @@ async fn without_cors_origin_there_are_no_cors_headers() {
         None
     );
     assert!(!response.status().is_success(), "{}", response.status());
-    api.stop().await;
+    server.stop().await;
 }
 
 /// Neither a wrong token nor the right one appears in the log, even at the most verbose

@@ -8,157 +8,27 @@
 mod common;
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use common::api::{
+    self, Api, Frame, STEP, error_message, frames_produced, json_error, parse_frame, parse_json,
+    within,
+};
 use futures_util::StreamExt;
 use pcmcast::source::tone;
-use serde::Deserialize;
 use serde_json::Value;
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-/// Bound on any single step: a request, a read, a wait for a condition.
-const STEP: Duration = Duration::from_secs(5);
-
-/// Receive buffer of WebSocket clients that stop reading, so that the server's sends back up
-/// after little data (Linux doubles it and keeps it from autotuning).
-const STALLED_RECV_BUFFER_BYTES: u32 = 4096;
-
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
-
-/// Awaits `future`, failing the test if it takes longer than `limit`.
-async fn within<T>(limit: Duration, what: &str, future: impl Future<Output = T>) -> T {
-    tokio::time::timeout(limit, future)
-        .await
-        .unwrap_or_else(|_| panic!("{what}: not done within {limit:?}"))
-}
-
-/// One NDJSON frame object, as the contract defines it.
-#[derive(Debug, Deserialize)]
-struct FrameJson {
-    seq: u64,
-    samples: Vec<f32>,
-    skipped: Option<u64>,
-}
-
-fn parse_frame(text: &[u8]) -> FrameJson {
-    serde_json::from_slice(text).unwrap_or_else(|e| {
-        panic!(
-            "not a JSON frame ({e}): {}",
-            String::from_utf8_lossy(&text[..text.len().min(200)])
-        )
-    })
-}
-
-fn parse_json(text: &[u8]) -> Value {
-    serde_json::from_slice(text).expect("JSON")
-}
 
 fn same_bits(a: &[f32], b: &[f32]) -> bool {
     a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
-}
-
-/// A reqwest client for one server, and `/status` polling.
-struct Api {
-    client: reqwest::Client,
-    addr: SocketAddr,
-}
-
-impl Api {
-    fn new(addr: SocketAddr) -> Api {
-        Api {
-            client: reqwest::Client::new(),
-            addr,
-        }
-    }
-
-    /// Sends a GET and returns once the response headers are in.
-    async fn get(&self, path_and_query: &str) -> reqwest::Response {
-        let url = format!("http://{}{}", self.addr, path_and_query);
-        within(STEP, path_and_query, self.client.get(url).send())
-            .await
-            .unwrap_or_else(|e| panic!("GET {path_and_query}: {e}"))
-    }
-
-    async fn status(&self) -> Value {
-        let response = self.get("/status").await;
-        parse_json(&within(STEP, "/status", response.bytes()).await.unwrap())
-    }
-
-    /// Polls `/status` until `ready` holds for it; fails the test after [`STEP`].
-    async fn wait_for_status(&self, what: &str, ready: impl Fn(&Value) -> bool) -> Value {
-        let deadline = Instant::now() + STEP;
-        loop {
-            let status = self.status().await;
-            if ready(&status) {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "waited {STEP:?} for {what}; last /status: {status}"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
-
-    async fn wait_for_listeners(&self, current: u64) -> Value {
-        self.wait_for_status(&format!("{current} listeners"), |s| {
-            s["listeners"]["current"] == current
-        })
-        .await
-    }
-
-    async fn wait_for_frames(&self, frames: u64) -> Value {
-        self.wait_for_status(&format!("{frames} frames produced"), |s| {
-            frames_produced(s) >= frames
-        })
-        .await
-    }
-
-    /// The shortest of a few NDJSON lines, to size what socket buffers can hold in frames.
-    async fn shortest_ndjson_line(&self) -> usize {
-        let response = self.get("/stream.ndjson?frames=3").await;
-        let body = within(STEP, "3 NDJSON lines", response.bytes())
-            .await
-            .unwrap();
-        body.split_inclusive(|&b| b == b'\n')
-            .map(<[u8]>::len)
-            .min()
-            .expect("3 lines")
-    }
-}
-
-fn frames_produced(status: &Value) -> u64 {
-    status["frames_produced"]
-        .as_u64()
-        .expect("frames_produced is a count")
-}
-
-/// Checks a response is a JSON error `{"error": "…"}` with `status`; returns the message.
-async fn json_error(response: reqwest::Response, status: u16) -> String {
-    let url = response.url().clone();
-    assert_eq!(response.status(), status, "{url}");
-    assert!(
-        common::header(&response, "content-type").starts_with("application/json"),
-        "{url}"
-    );
-    let body = within(STEP, "an error body", response.bytes())
-        .await
-        .unwrap();
-    error_message(&body)
-}
-
-fn error_message(body: &[u8]) -> String {
-    let body = parse_json(body);
-    let error = body["error"].as_str().expect("an \"error\" string");
-    assert!(!error.is_empty(), "an empty error message");
-    error.to_owned()
 }
 
 /// Checks the stream info that opens `/events` and `/ws`.
@@ -239,7 +109,7 @@ impl SseClient {
     }
 
     /// The next `frame` event's data, checking that its id is its seq.
-    async fn next_frame(&mut self) -> Option<(Value, FrameJson)> {
+    async fn next_frame(&mut self) -> Option<(Value, Frame)> {
         let event = self.next_event().await?;
         assert_eq!(event.event, "frame");
         let frame = parse_frame(event.data.as_bytes());
@@ -252,7 +122,7 @@ impl SseClient {
     }
 
     /// The frame events up to the end of the body, which must come within [`STEP`].
-    async fn frames_to_end(&mut self) -> Vec<(Value, FrameJson)> {
+    async fn frames_to_end(&mut self) -> Vec<(Value, Frame)> {
         within(STEP, "the end of the SSE body", async {
             let mut frames = Vec::new();
             while let Some(frame) = self.next_frame().await {
@@ -347,7 +217,7 @@ async fn ws_until_close(ws: &mut Ws) -> (Vec<Message>, CloseFrame) {
 
 /// An NDJSON listener read by its own task, so that it keeps up while the test reads others.
 struct NdjsonListener {
-    frames: mpsc::UnboundedReceiver<(Value, FrameJson)>,
+    frames: mpsc::UnboundedReceiver<(Value, Frame)>,
 }
 
 impl NdjsonListener {
@@ -372,8 +242,8 @@ impl NdjsonListener {
     }
 
     /// Frames read up to and including seq `last`, checking that none was skipped.
-    async fn frames_until(&mut self, last: u64) -> Vec<(Value, FrameJson)> {
-        let mut frames: Vec<(Value, FrameJson)> = Vec::new();
+    async fn frames_until(&mut self, last: u64) -> Vec<(Value, Frame)> {
+        let mut frames: Vec<(Value, Frame)> = Vec::new();
         within(STEP, "NDJSON frames", async {
             while frames.last().is_none_or(|(_, f)| f.seq < last) {
                 let frame = self.frames.recv().await.expect("the NDJSON body goes on");
@@ -452,7 +322,7 @@ async fn sse_and_ws_frames_are_the_ndjson_frames() {
         assert_eq!(messages.len(), FRAMES, "a Close right after N frames");
         assert_eq!(close.code, CloseCode::Normal, "{close:?}");
     }
-    let json: Vec<(Value, FrameJson)> = json
+    let json: Vec<(Value, Frame)> = json
         .iter()
         .map(|message| match message {
             Message::Text(text) => (parse_json(text.as_bytes()), parse_frame(text.as_bytes())),
@@ -470,7 +340,7 @@ async fn sse_and_ws_frames_are_the_ndjson_frames() {
     // Every frame any client got has been published: the NDJSON listener gets it too.
     let newest = frames_produced(&api.status().await) - 1;
     let reference = ndjson.frames_until(newest).await;
-    let by_seq: HashMap<u64, &(Value, FrameJson)> =
+    let by_seq: HashMap<u64, &(Value, Frame)> =
         reference.iter().map(|frame| (frame.1.seq, frame)).collect();
     for (name, frames) in [("SSE", &sse), ("WebSocket json", &json)] {
         for (i, (value, frame)) in frames.iter().enumerate() {
@@ -500,34 +370,17 @@ async fn sse_and_ws_frames_are_the_ndjson_frames() {
     server.stop().await;
 }
 
-/// Most bytes the kernel and the WebSocket layers can hold for one connection whose client
-/// stopped reading: the server's send buffer at its autotuning cap (`tcp_wmem` max), the
-/// client's receive buffer, and an allowance for both ends' WebSocket buffers.
-fn stalled_connection_bytes_max() -> usize {
-    let tcp_wmem = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_wmem").unwrap();
-    let send_buffer_max: usize = tcp_wmem
-        .split_whitespace()
-        .nth(2)
-        .and_then(|max| max.parse().ok())
-        .expect("tcp_wmem has a maximum");
-    let websocket_buffers = 1024 * 1024;
-    send_buffer_max + 2 * STALLED_RECV_BUFFER_BYTES as usize + websocket_buffers
-}
+/// What both ends' WebSocket layers may buffer for a client that stopped reading.
+const WEBSOCKET_BUFFER_BYTES: usize = 1024 * 1024;
 
-/// Frames of `bytes_per_frame` that fill a stalled connection's buffers, with a 25 % margin.
+/// Frames of `bytes_per_frame` that fill the buffers of a stalled WebSocket connection.
 fn frames_to_fill_a_stalled_connection(bytes_per_frame: usize) -> u64 {
-    (stalled_connection_bytes_max() * 5 / 4 / bytes_per_frame) as u64 + 1
+    api::frames_to_fill_a_stalled_connection(bytes_per_frame, WEBSOCKET_BUFFER_BYTES)
 }
 
 /// A WebSocket client with a small receive buffer, that reads only when asked to.
 async fn ws_connect_stalling(addr: SocketAddr, path_and_query: &str) -> WebSocketStream<TcpStream> {
-    let socket = TcpSocket::new_v4().unwrap();
-    socket
-        .set_recv_buffer_size(STALLED_RECV_BUFFER_BYTES)
-        .unwrap();
-    let stream = within(STEP, "connecting", socket.connect(addr))
-        .await
-        .unwrap();
+    let stream = api::connect_stalling(addr).await;
     let url = format!("ws://{addr}{path_and_query}");
     let (ws, _) = within(
         STEP,
@@ -816,7 +669,10 @@ async fn a_full_server_refuses_sse_and_ws_with_503() {
     match within(STEP, "a WebSocket handshake", refused).await {
         Err(tungstenite::Error::Http(response)) => {
             assert_eq!(response.status(), 503);
-            error_message(response.body().as_deref().expect("a body"));
+            error_message(
+                "the WebSocket handshake",
+                response.body().as_deref().expect("a body"),
+            );
         }
         other => panic!("the handshake is refused with 503, not {other:?}"),
     }
@@ -863,7 +719,10 @@ async fn bad_requests_get_json_errors() {
     match within(STEP, "a WebSocket handshake", refused).await {
         Err(tungstenite::Error::Http(response)) => {
             assert_eq!(response.status(), 400);
-            let error = error_message(response.body().as_deref().expect("a body"));
+            let error = error_message(
+                "the WebSocket handshake",
+                response.body().as_deref().expect("a body"),
+            );
             assert!(error.contains("format"), "{error}");
         }
         other => panic!("the handshake is refused with 400, not {other:?}"),

@@ -8,16 +8,11 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::future::Future;
 use std::io::Write;
-use std::net::SocketAddr;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
+use common::api::{self, Api, STEP, within};
 use pcmcast::source::tone;
-
-/// Bound on any single step: a request, a read, a wait for a condition, a promtool run.
-const STEP: Duration = Duration::from_secs(5);
 
 const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
@@ -46,13 +41,6 @@ const FAMILIES: [(&str, &str); 18] = [
     ("pcmcast_last_frame_age_seconds", "gauge"),
     ("pcmcast_uptime_seconds", "gauge"),
 ];
-
-/// Awaits `future`, failing the test if it takes longer than `limit`.
-async fn within<T>(limit: Duration, what: &str, future: impl Future<Output = T>) -> T {
-    tokio::time::timeout(limit, future)
-        .await
-        .unwrap_or_else(|_| panic!("{what}: not done within {limit:?}"))
-}
 
 /// One `/metrics` response body.
 struct Metrics {
@@ -95,32 +83,10 @@ impl Metrics {
     }
 }
 
-/// A reqwest client for one server.
-struct Api {
-    client: reqwest::Client,
-    addr: SocketAddr,
-}
-
+/// `/metrics` polling, for the client of [`common::api`].
 impl Api {
-    fn new(addr: SocketAddr) -> Api {
-        Api {
-            client: reqwest::Client::new(),
-            addr,
-        }
-    }
-
-    /// Sends a GET and returns once the response headers are in.
-    async fn get(&self, path_and_query: &str) -> reqwest::Response {
-        let url = format!("http://{}{}", self.addr, path_and_query);
-        let response = within(STEP, path_and_query, self.client.get(url).send())
-            .await
-            .unwrap_or_else(|e| panic!("GET {path_and_query}: {e}"));
-        assert_eq!(response.status(), 200, "GET {path_and_query}");
-        response
-    }
-
     async fn metrics(&self) -> Metrics {
-        let response = self.get("/metrics").await;
+        let response = self.get_ok("/metrics").await;
         assert_eq!(common::header(&response, "content-type"), CONTENT_TYPE);
         let text = within(STEP, "the /metrics body", response.text())
             .await
@@ -130,22 +96,12 @@ impl Api {
 
     /// Polls `/metrics` until `ready` holds for it; fails the test after [`STEP`].
     async fn wait_for(&self, what: &str, ready: impl Fn(&Metrics) -> bool) -> Metrics {
-        let deadline = Instant::now() + STEP;
-        loop {
-            let metrics = self.metrics().await;
-            if ready(&metrics) {
-                return metrics;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "waited {STEP:?} for {what}; last /metrics:\n{}",
-                metrics.text
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        let show = |m: &Metrics| format!("/metrics:\n{}", m.text);
+        api::poll_until(what, || self.metrics(), ready, show).await
     }
 
-    async fn wait_for_frames(&self, what: &str, more_than: f64) -> Metrics {
+    /// Waits until the source is up and has produced more than `more_than` frames.
+    async fn wait_for_frames_metric(&self, what: &str, more_than: f64) -> Metrics {
         self.wait_for(what, |m| {
             m.value("pcmcast_frames_produced_total") > more_than
                 && m.value("pcmcast_source_up") == 1.0
@@ -210,7 +166,7 @@ async fn metrics_pass_promtool_and_cover_the_contract() {
     let _stop = server.shutdown.clone().drop_guard();
     let api = Api::new(server.addr);
 
-    let metrics = api.wait_for_frames("a first frame", 0.0).await;
+    let metrics = api.wait_for_frames_metric("a first frame", 0.0).await;
     promtool_check(&metrics.text);
     assert_eq!(metrics.families(), BTreeSet::from(FAMILIES));
 
@@ -271,12 +227,15 @@ async fn metrics_follow_listeners_and_the_source() {
     .await;
     let _stop = server.shutdown.clone().drop_guard();
     let api = Api::new(server.addr);
-    let before = api.wait_for_frames("a first frame", 0.0).await;
+    let before = api.wait_for_frames_metric("a first frame", 0.0).await;
     assert_eq!(before.per_endpoint("pcmcast_listeners_total"), [0.0; 5]);
     assert_eq!(before.endpoint("pcmcast_sent_bytes_total", "pcm"), 0.0);
 
-    let mut pcm = [api.get("/stream.pcm").await, api.get("/stream.pcm").await];
-    let mut ndjson = api.get("/stream.ndjson").await;
+    let mut pcm = [
+        api.get_ok("/stream.pcm").await,
+        api.get_ok("/stream.pcm").await,
+    ];
+    let mut ndjson = api.get_ok("/stream.ndjson").await;
     let during = api.metrics().await;
     promtool_check(&during.text);
     let one_each = [2.0, 0.0, 1.0, 0.0, 0.0];
@@ -308,7 +267,7 @@ async fn metrics_follow_listeners_and_the_source() {
         .expect("the stream goes on")
         .len();
     let frames = during.value("pcmcast_frames_produced_total");
-    let after = api.wait_for_frames("more frames", frames).await;
+    let after = api.wait_for_frames_metric("more frames", frames).await;
     let sent_after = after.endpoint("pcmcast_sent_bytes_total", "pcm");
     assert!(
         sent_after >= received as f64,
@@ -347,7 +306,7 @@ async fn source_name_is_escaped_and_silence_is_minus_infinity() {
     let _stop = server.shutdown.clone().drop_guard();
     let api = Api::new(server.addr);
 
-    let metrics = api.wait_for_frames("a first frame", 0.0).await;
+    let metrics = api.wait_for_frames_metric("a first frame", 0.0).await;
     promtool_check(&metrics.text);
     let info = format!(
         r#"pcmcast_source_info{{kind="wav",name="{dir_text}/we\"ird\\name\n.wav",rate="48000",channels="1",frame_size="1024"}}"#

@@ -7,31 +7,20 @@
 
 mod common;
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use common::api::{self, Api, Frame, STEP, frames_produced, json_error, parse_frame, within};
 use pcmcast::source::tone;
 use proptest::prelude::*;
 use proptest::test_runner::{Config as ProptestConfig, TestRunner};
-use serde::Deserialize;
 use serde_json::Value;
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpStream;
 
-/// Bound on any single step: a request, a short read, a wait for a condition.
-const STEP: Duration = Duration::from_secs(5);
-
-/// Receive buffer asked for by raw listeners, so that one that stops reading backs the server's
-/// writes up after little data (Linux doubles it and keeps it from autotuning).
-const RAW_RECV_BUFFER_BYTES: u32 = 4096;
-
-/// Awaits `future`, failing the test if it takes longer than `limit`.
-async fn within<T>(limit: Duration, what: &str, future: impl Future<Output = T>) -> T {
-    tokio::time::timeout(limit, future)
-        .await
-        .unwrap_or_else(|_| panic!("{what}: not done within {limit:?}"))
-}
+/// What hyper may buffer for a listener that stopped reading: a generous allowance for its
+/// write buffer.
+const HYPER_WRITE_BUFFER_BYTES: usize = 512 * 1024;
 
 fn unix_now() -> f64 {
     SystemTime::now()
@@ -40,109 +29,8 @@ fn unix_now() -> f64 {
         .as_secs_f64()
 }
 
-/// One NDJSON frame line, as the contract defines it.
-#[derive(Debug, Deserialize)]
-struct FrameLine {
-    seq: u64,
-    pts: u64,
-    time: f64,
-    rate: u32,
-    channels: u16,
-    samples: Vec<f32>,
-    skipped: Option<u64>,
-}
-
-fn parse_line(line: &[u8]) -> FrameLine {
-    serde_json::from_slice(line).unwrap_or_else(|e| {
-        panic!(
-            "not an NDJSON frame ({e}): {}",
-            String::from_utf8_lossy(&line[..line.len().min(200)])
-        )
-    })
-}
-
-/// A reqwest client for one server.
-struct Api {
-    client: reqwest::Client,
-    addr: SocketAddr,
-}
-
-impl Api {
-    fn new(addr: SocketAddr) -> Api {
-        Api {
-            client: reqwest::Client::new(),
-            addr,
-        }
-    }
-
-    fn url(&self, path_and_query: &str) -> String {
-        format!("http://{}{}", self.addr, path_and_query)
-    }
-
-    /// Sends a GET and returns once the response headers are in.
-    async fn get(&self, path_and_query: &str) -> reqwest::Response {
-        let request = self.client.get(self.url(path_and_query)).send();
-        within(STEP, path_and_query, request)
-            .await
-            .unwrap_or_else(|e| panic!("GET {path_and_query}: {e}"))
-    }
-
-    /// The whole body of a response that is expected to end by itself.
-    async fn body(&self, path_and_query: &str) -> Bytes {
-        let response = self.get(path_and_query).await;
-        assert_eq!(response.status(), 200, "GET {path_and_query}");
-        within(STEP, path_and_query, response.bytes())
-            .await
-            .unwrap_or_else(|e| panic!("GET {path_and_query}: the body ends cleanly: {e}"))
-    }
-
-    async fn status(&self) -> Value {
-        serde_json::from_slice(&self.body("/status").await).expect("/status is JSON")
-    }
-
-    /// Polls `/status` until `ready` holds for it; fails the test after [`STEP`].
-    async fn wait_for_status(&self, what: &str, ready: impl Fn(&Value) -> bool) -> Value {
-        let deadline = Instant::now() + STEP;
-        loop {
-            let status = self.status().await;
-            if ready(&status) {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "waited {STEP:?} for {what}; last /status: {status}"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
-
-    async fn wait_for_listeners(&self, current: u64) -> Value {
-        self.wait_for_status(&format!("{current} listeners"), |s| {
-            s["listeners"]["current"] == current
-        })
-        .await
-    }
-
-    /// Waits until the source has produced at least `frames` frames in all.
-    async fn wait_for_frames(&self, frames: u64) -> Value {
-        self.wait_for_status(&format!("{frames} frames produced"), |s| {
-            frames_produced(s) >= frames
-        })
-        .await
-    }
-
-    /// The shortest of a few NDJSON lines, to size what socket buffers can hold in frames.
-    async fn shortest_ndjson_line(&self) -> usize {
-        let body = self.body("/stream.ndjson?frames=3").await;
-        body.split_inclusive(|&b| b == b'\n')
-            .map(<[u8]>::len)
-            .min()
-            .expect("3 lines")
-    }
-}
-
 /// Reads `count` NDJSON frames from a streaming response, bounded by [`STEP`].
-async fn read_ndjson_frames(response: &mut reqwest::Response, count: usize) -> Vec<FrameLine> {
+async fn read_ndjson_frames(response: &mut reqwest::Response, count: usize) -> Vec<Frame> {
     let mut frames = Vec::with_capacity(count);
     let mut pending = Vec::new();
     within(STEP, "reading NDJSON frames", async {
@@ -154,7 +42,7 @@ async fn read_ndjson_frames(response: &mut reqwest::Response, count: usize) -> V
                 .expect("the body goes on");
             pending.extend_from_slice(&chunk);
             while let Some(end) = pending.iter().position(|&b| b == b'\n') {
-                frames.push(parse_line(&pending[..end]));
+                frames.push(parse_frame(&pending[..end]));
                 pending.drain(..=end);
             }
         }
@@ -164,29 +52,9 @@ async fn read_ndjson_frames(response: &mut reqwest::Response, count: usize) -> V
     frames
 }
 
-fn frames_produced(status: &Value) -> u64 {
-    status["frames_produced"]
-        .as_u64()
-        .expect("frames_produced is a count")
-}
-
-/// Most bytes the kernel can hold for one loopback connection whose reader stopped: the
-/// server's send buffer at its autotuning cap (`tcp_wmem` max), the raw client's receive
-/// buffer, and a generous allowance for hyper's write buffer.
-fn stalled_connection_bytes_max() -> usize {
-    let tcp_wmem = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_wmem").unwrap();
-    let send_buffer_max: usize = tcp_wmem
-        .split_whitespace()
-        .nth(2)
-        .and_then(|max| max.parse().ok())
-        .expect("tcp_wmem has a maximum");
-    let hyper_write_buffer = 512 * 1024;
-    send_buffer_max + 2 * RAW_RECV_BUFFER_BYTES as usize + hyper_write_buffer
-}
-
-/// Frames of `bytes_per_frame` that fill a stalled connection's buffers, with a 25 % margin.
+/// Frames of `bytes_per_frame` that fill the buffers of a stalled NDJSON or PCM connection.
 fn frames_to_fill_a_stalled_connection(bytes_per_frame: usize) -> u64 {
-    (stalled_connection_bytes_max() * 5 / 4 / bytes_per_frame) as u64 + 1
+    api::frames_to_fill_a_stalled_connection(bytes_per_frame, HYPER_WRITE_BUFFER_BYTES)
 }
 
 /// A listener over raw HTTP/1.1 with a small receive buffer, that reads only when asked to:
@@ -199,11 +67,7 @@ struct RawListener {
 
 impl RawListener {
     async fn connect(addr: SocketAddr, path_and_query: &str) -> RawListener {
-        let socket = TcpSocket::new_v4().unwrap();
-        socket.set_recv_buffer_size(RAW_RECV_BUFFER_BYTES).unwrap();
-        let stream = within(STEP, "connecting", socket.connect(addr))
-            .await
-            .unwrap();
+        let stream = api::connect_stalling(addr).await;
         let request = format!("GET {path_and_query} HTTP/1.1\r\nHost: {addr}\r\n\r\n");
         let mut unsent = request.as_bytes();
         while !unsent.is_empty() {
@@ -224,7 +88,7 @@ impl RawListener {
 
     /// Reads until the next NDJSON frame. The chunked framing is skipped rather than decoded:
     /// each chunk is whole lines, so chunk-size lines and the header never start with `{`.
-    async fn next_frame(&mut self) -> FrameLine {
+    async fn next_frame(&mut self) -> Frame {
         let mut buffer = vec![0; 64 * 1024];
         loop {
             while let Some(end) = self.pending.iter().position(|&b| b == b'\n') {
@@ -237,7 +101,7 @@ impl RawListener {
                     );
                 }
                 if line.starts_with(b"{") {
-                    return parse_line(&line);
+                    return parse_frame(&line);
                 }
             }
             within(STEP, "reading", self.stream.readable())
@@ -255,8 +119,8 @@ impl RawListener {
     /// Reads frames until the first one with `seq >= until_seq`, checking on the way that a
     /// frame follows its predecessor, or carries `skipped` equal to the seq gap before it.
     /// Returns the frames read.
-    async fn read_until_seq(&mut self, until_seq: u64) -> Vec<FrameLine> {
-        let mut frames: Vec<FrameLine> = Vec::new();
+    async fn read_until_seq(&mut self, until_seq: u64) -> Vec<Frame> {
+        let mut frames: Vec<Frame> = Vec::new();
         within(STEP, "catching up", async {
             loop {
                 let frame = self.next_frame().await;
@@ -448,9 +312,9 @@ async fn ndjson_gives_n_consecutive_frames_of_the_tone() {
         .expect("the body ends cleanly after N frames");
     let now = unix_now();
     assert!(body.ends_with(b"\n"), "the last line is complete");
-    let frames: Vec<FrameLine> = body[..body.len() - 1]
+    let frames: Vec<Frame> = body[..body.len() - 1]
         .split(|&b| b == b'\n')
-        .map(parse_line)
+        .map(parse_frame)
         .collect();
     assert_eq!(frames.len(), FRAMES);
 
@@ -705,23 +569,6 @@ async fn bad_requests_get_json_errors() {
         "rejected requests never subscribe"
     );
     server.stop().await;
-}
-
-/// Checks a response is a JSON error `{"error": "…"}` with `status`; returns the message.
-async fn json_error(response: reqwest::Response, status: u16) -> String {
-    let url = response.url().clone();
-    assert_eq!(response.status(), status, "{url}");
-    assert!(
-        common::header(&response, "content-type").starts_with("application/json"),
-        "{url}"
-    );
-    let body = within(STEP, "an error body", response.bytes())
-        .await
-        .unwrap();
-    let body: Value = serde_json::from_slice(&body).expect("the error is JSON");
-    let error = body["error"].as_str().expect("an \"error\" string");
-    assert!(!error.is_empty(), "{url}: an empty error message");
-    error.to_owned()
 }
 
 /// Property: any `format` other than f32le and s16le is a 400 that names the parameter.
