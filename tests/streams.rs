@@ -439,11 +439,9 @@ async fn stalled_listeners_do_not_slow_the_source_or_others() {
         .await;
     let stalled_from = frames_produced(&status);
 
-    let started = Instant::now();
     let mut good = api.get(&format!("/stream.ndjson?frames={FRAMES}")).await;
     let frames = read_ndjson_frames(&mut good, FRAMES).await;
     let status = api.status().await;
-    let elapsed = started.elapsed().as_secs_f64();
     for pair in frames.windows(2) {
         assert_eq!(
             pair[1].seq,
@@ -453,11 +451,15 @@ async fn stalled_listeners_do_not_slow_the_source_or_others() {
     }
     assert!(frames.iter().all(|f| f.skipped.is_none()));
     assert_eq!(status["samples_dropped"], 0, "{status}");
-    let produced = (frames_produced(&status) - stalled_from) as f64;
+    // The source's pace, from the capture times the framer stamped on the frames the good
+    // listener got: immune to how promptly this (loaded) test process reads them.
+    let (first, last) = (&frames[0], &frames[frames.len() - 1]);
+    let elapsed = last.time - first.time;
+    let produced = (last.seq - first.seq) as f64;
     let expected = RATE_HZ as f64 / FRAME_SIZE as f64 * elapsed;
     println!("{produced} frames produced in {elapsed:.3} s (real time: {expected:.1})");
     assert!(
-        (produced - expected).abs() <= expected * 0.1,
+        (produced - expected).abs() <= expected * 0.05,
         "the source keeps real-time pace: {produced} frames in {elapsed:.3} s, expected {expected:.1}"
     );
 
