@@ -17,6 +17,7 @@
 //! - [`framer`]: cuts fixed-size [`frame::Frame`]s; [`encode`]: their wire encodings.
 //! - [`hub`]: the bounded broadcast with per-listener skip-forward.
 //! - [`http`]: the axum endpoints; [`stats`]: the shared counters they report.
+//! - [`server`]: the accept loop and the limits every connection lives under.
 //!
 //! The library never binds a port or installs a signal handler: [`Pcmcast::run`] takes a
 //! bound listener and a cancellation token, so tests run real servers on `127.0.0.1:0`.
@@ -28,6 +29,7 @@ pub mod framer;
 pub mod http;
 pub mod hub;
 pub mod ring;
+pub mod server;
 pub mod source;
 pub mod stats;
 
@@ -132,8 +134,7 @@ impl Pcmcast {
                 }
             }
         };
-        let server = axum::serve(listener, http::app(state)).with_graceful_shutdown(finish);
-        let mut server = tokio::spawn(server.into_future());
+        let mut server = tokio::spawn(server::serve(listener, http::app(state), finish));
         let result = tokio::select! {
             joined = &mut server => Some(joined),
             () = shutdown.cancelled() => None,
@@ -154,7 +155,7 @@ impl Pcmcast {
                             "some listeners did not take their final chunk in time; closing them"
                         );
                         server.abort();
-                        Ok(Ok(()))
+                        Ok(())
                     }
                 }
             }
@@ -172,9 +173,6 @@ impl Pcmcast {
             let _ = framer_thread.join();
         });
         let _ = joined.await;
-        match result {
-            Ok(served) => served.map_err(Error::Serve),
-            Err(join_error) => Err(Error::Serve(std::io::Error::other(join_error))),
-        }
+        result.map_err(|join_error| Error::Serve(std::io::Error::other(join_error)))
     }
 }
