@@ -66,6 +66,8 @@ fn fail(error: &anyhow::Error) -> ExitCode {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    #[cfg(unix)]
+    raise_open_file_limit();
     let settings = Settings::try_from(args)?;
     let bind = settings.bind;
     let pcmcast = Pcmcast::open(settings)?;
@@ -80,6 +82,35 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     tokio::spawn(cancel_on_signal(shutdown.clone()));
     pcmcast.run(listener, shutdown).await?;
     Ok(())
+}
+
+/// Raises the soft limit on open files to the hard limit: every listener is a socket, and the
+/// usual soft limit (1024) would refuse connections long before the hub is full.
+#[cfg(unix)]
+fn raise_open_file_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `limit` is a valid rlimit for getrlimit to write and setrlimit to read.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        let error = std::io::Error::last_os_error();
+        tracing::warn!(%error, "cannot read the open-file limit");
+        return;
+    }
+    let soft = limit.rlim_cur;
+    limit.rlim_cur = limit.rlim_max;
+    // SAFETY: as above.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
+        let error = std::io::Error::last_os_error();
+        tracing::warn!(%error, soft, hard = limit.rlim_max, "cannot raise the open-file limit");
+        return;
+    }
+    tracing::debug!(
+        from = soft,
+        to = limit.rlim_cur,
+        "open-file limit raised to the hard limit"
+    );
 }
 
 /// Prints every input device: id and name, default configuration, supported configurations.

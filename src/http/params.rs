@@ -1,5 +1,9 @@
 //! Query parameters of the stream endpoints, parsed strictly: an unknown, repeated or malformed
 //! parameter is a 400 that names it, never silently ignored.
+//!
+//! Names and values are percent-decoded, and bytes that are not UTF-8 become U+FFFD (`%FF` reads
+//! as `\u{FFFD}`). So a `format` or `frames` value that is not UTF-8 is never a valid one, and an
+//! error about a name that is not UTF-8 quotes the name in that lossy form.
 
 use crate::encode::PcmFormat;
 
@@ -72,9 +76,11 @@ fn parse_format(value: &str) -> Result<PcmFormat, AppError> {
     })
 }
 
+/// Decimal digits only: `u64::from_str` would also take a leading `+`.
 fn parse_frames(value: &str) -> Result<u64, AppError> {
+    let digits = !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit());
     match value.parse::<u64>() {
-        Ok(n) if n > 0 => Ok(n),
+        Ok(n) if digits && n > 0 => Ok(n),
         _ => Err(AppError::BadParameter(format!(
             "parameter 'frames' must be a whole number of frames from 1 to {}, got '{value}'",
             u64::MAX
@@ -109,11 +115,15 @@ mod tests {
         assert!(error("format=mp3", PCM).contains("'format'"));
         assert!(error("frames=-1", PCM).contains("'frames'"));
         assert!(error("frames=0", PCM).contains("'frames'"));
+        assert!(error("frames=%2B5", PCM).contains("'frames'"));
+        assert!(error("frames=+5", PCM).contains("'frames'"));
         assert!(error("frames=99999999999999999999999", PCM).contains("'frames'"));
         assert!(error("frames=1&frames=2", PCM).contains("more than once"));
         assert!(error("volume=11", PCM).contains("unknown parameter 'volume'"));
         assert!(error("format=s16le", &["frames"]).contains("unknown parameter 'format'"));
         assert!(error("format=%FF", PCM).contains("'format'"));
+        assert!(error("frames=%FF", PCM).contains("'frames'"));
+        assert!(error("%FF%FE=1", PCM).contains("unknown parameter '\u{FFFD}\u{FFFD}'"));
     }
 
     #[test]
