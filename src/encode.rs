@@ -35,31 +35,51 @@ impl PcmFormat {
     }
 }
 
-/// Converts a float sample to s16: scaled by 2^15, rounded to nearest, clamped to the i16 range.
-/// NaN becomes 0. The inverse of `s as f32 / 32768.0` for every i16 `s`.
+/// Converts a float sample to s16: scaled by 2^15, rounded to nearest (halves away from zero),
+/// clamped to the i16 range. NaN becomes 0. The inverse of `s as f32 / 32768.0` for every i16
+/// `s`.
 pub fn f32_to_s16(sample: f32) -> i16 {
-    // `as` saturates and maps NaN to 0, which is exactly the clamp we want.
-    (sample * 32768.0).round() as i16
+    // This gives `(sample * 32768.0).round() as i16` for every f32 bit pattern (checked
+    // exhaustively), but vectorises: on baseline x86-64 `round` is a libm call per sample, and
+    // a float-to-int `as` must saturate, which LLVM does not vectorise either; together they
+    // made `s16le_bytes` 4x slower. Adding 1.5 × 2^23 to a value this small rounds it to an
+    // integer (ties to even) and leaves that integer in the low mantissa bits; the exact
+    // remainder then tells a tie that went towards zero, which is moved away from it.
+    const ROUNDER: f32 = 12_582_912.0;
+    let scaled = if sample.is_nan() {
+        0.0
+    } else {
+        (sample * 32768.0).clamp(-32768.0, 32767.0)
+    };
+    let biased = scaled + ROUNDER;
+    let nearest_even = biased.to_bits() as i32 - ROUNDER.to_bits() as i32;
+    let remainder = scaled - (biased - ROUNDER);
+    let tie_up = remainder == 0.5 && scaled > 0.0;
+    let tie_down = remainder == -0.5 && scaled < 0.0;
+    (nearest_even + i32::from(tie_up) - i32::from(tie_down)) as i16
 }
 
 pub fn s16_to_f32(sample: i16) -> f32 {
     f32::from(sample) / 32768.0
 }
 
+// Both fill a zeroed buffer through fixed-size chunks rather than `BytesMut::put_*` per
+// sample, whose length bookkeeping keeps the loops from vectorising.
+
 pub fn f32le_bytes(samples: &[f32]) -> Bytes {
-    let mut out = BytesMut::with_capacity(samples.len() * 4);
-    for &s in samples {
-        out.put_f32_le(s);
+    let mut out = vec![0u8; samples.len() * 4];
+    for (bytes, s) in out.chunks_exact_mut(4).zip(samples) {
+        bytes.copy_from_slice(&s.to_le_bytes());
     }
-    out.freeze()
+    Bytes::from(out)
 }
 
 pub fn s16le_bytes(samples: &[f32]) -> Bytes {
-    let mut out = BytesMut::with_capacity(samples.len() * 2);
-    for &s in samples {
-        out.put_i16_le(f32_to_s16(s));
+    let mut out = vec![0u8; samples.len() * 2];
+    for (bytes, &s) in out.chunks_exact_mut(2).zip(samples) {
+        bytes.copy_from_slice(&f32_to_s16(s).to_le_bytes());
     }
-    out.freeze()
+    Bytes::from(out)
 }
 
 /// The NDJSON object of one frame, without a trailing newline.
