@@ -31,19 +31,26 @@ function endpoint(path) {
 
 const $ = (id) => document.getElementById(id);
 
+// What one playback session counts, as it is when Play is pressed.
+function freshCounters() {
+  return {
+    bytesReceived: 0,
+    samplesReceived: 0,
+    framesRendered: 0,
+    underruns: 0,
+    reconnects: 0,
+    droppedMs: 0,
+    bufferedMs: 0,
+    behind: false,
+  };
+}
+
 const pcmcast = {
   state: "stopped", // stopped | connecting | buffering | playing | reconnecting
   stream: null, // {rate, channels, frameSize} from /status, then from the stream's headers
   source: null, // {kind, name, state} from /status
   listeners: null,
-  bytesReceived: 0,
-  samplesReceived: 0,
-  framesRendered: 0,
-  underruns: 0,
-  reconnects: 0,
-  droppedMs: 0,
-  bufferedMs: 0,
-  behind: false,
+  ...freshCounters(),
   level: { rmsDbfs: null, peakDbfs: null },
   audio: null, // {state, sampleRate} of the AudioContext
   notice: null, // what #notice says: why it is reconnecting, or that it is behind
@@ -62,16 +69,7 @@ function play() {
   const ctx = createContext(pcmcast.stream?.rate);
   const s = { ctx, abort: new AbortController(), node: null };
   session = s;
-  Object.assign(pcmcast, {
-    bytesReceived: 0,
-    samplesReceived: 0,
-    framesRendered: 0,
-    underruns: 0,
-    reconnects: 0,
-    droppedMs: 0,
-    bufferedMs: 0,
-    behind: false,
-  });
+  Object.assign(pcmcast, freshCounters());
   $("play").textContent = "Stop";
   $("play").classList.add("playing");
   setState("connecting");
