@@ -29,7 +29,8 @@
 //!   period; a server that falls behind or stalls pushes it up, whatever its framing.
 //! - Stalled listeners (`--stalled K`) connect, send their request and never read. Their fate
 //!   is read from the server's side of the connection in /proc/net/tcp every 250 ms: when the
-//!   server drops one, its socket leaves ESTABLISHED.
+//!   server drops one, its socket leaves ESTABLISHED. A server that resets the connection is
+//!   seen sooner, on the listener's own socket (SO_ERROR, checked every 10 ms).
 //! - The server's kernel send queues (from /proc/net/tcp, sockets on the server's port) show
 //!   the memory that stalled and slow listeners hold outside the server's own RSS.
 
@@ -53,8 +54,10 @@ use tokio::time::sleep_until;
 const READ_BUFFER: usize = 32 * 1024;
 /// The largest response head accepted.
 const MAX_HEAD: usize = 16 * 1024;
-/// How often the stalled listeners' sockets are inspected.
+/// How often the server's sockets are listed from /proc/net/tcp.
 const STALL_POLL: Duration = Duration::from_millis(250);
+/// How often a stalled listener checks its own socket for a reset from the server.
+const RESET_POLL: Duration = Duration::from_millis(10);
 /// Slack past the planned end before the watchdog gives up on the run.
 const DEADLINE_SLACK: Duration = Duration::from_secs(30);
 /// The share of the expected bytes that counts as "served".
@@ -477,7 +480,7 @@ async fn stalled_listener(plan: Arc<Plan>, at: Instant, held: Arc<Mutex<HeldPort
     }
     let sent = Instant::now();
     let port = stream.local_addr().map_or(0, |a| a.port());
-    let mut poll = tokio::time::interval(STALL_POLL);
+    let mut poll = tokio::time::interval(RESET_POLL);
     // The first of the readings that missed the connection, and the last reading seen.
     let mut missing_since: Option<Instant> = None;
     let mut last_reading: Option<Instant> = None;
@@ -487,6 +490,11 @@ async fn stalled_listener(plan: Arc<Plan>, at: Instant, held: Arc<Mutex<HeldPort
     let mut seen_held = false;
     while Instant::now() < plan.window_end {
         poll.tick().await;
+        // A server that resets the connection is seen at once on this side.
+        if let Ok(Some(_)) = stream.take_error() {
+            outcome.dropped_after_s = Some(sent.elapsed().as_secs_f64());
+            break;
+        }
         let held = held.lock().unwrap_or_else(|e| e.into_inner());
         // Judged only on new readings taken after this connection existed.
         let Some(read_at) = held

@@ -137,7 +137,8 @@ pub struct ServeArgs {
     pub bind: SocketAddr,
 
     /// Frames a listener may fall behind before it is skipped forward (100 ≈ 2 s at 48 kHz
-    /// with 1024-sample frames)
+    /// with 1024-sample frames). A raw PCM/WAV/NDJSON listener whose connection takes nothing
+    /// for half that long is dropped
     #[arg(long, value_name = "FRAMES", env = "PCMCAST_BACKLOG", default_value_t = 100,
           value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub backlog: u32,

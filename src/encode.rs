@@ -66,21 +66,64 @@ pub fn s16_to_f32(sample: i16) -> f32 {
 // Both fill a zeroed buffer through fixed-size chunks rather than `BytesMut::put_*` per
 // sample, whose length bookkeeping keeps the loops from vectorising.
 
-pub fn f32le_bytes(samples: &[f32]) -> Bytes {
-    let mut out = vec![0u8; samples.len() * 4];
+fn write_f32le(samples: &[f32], out: &mut [u8]) {
     for (bytes, s) in out.chunks_exact_mut(4).zip(samples) {
         bytes.copy_from_slice(&s.to_le_bytes());
     }
-    Bytes::from(out)
 }
 
-pub fn s16le_bytes(samples: &[f32]) -> Bytes {
-    let mut out = vec![0u8; samples.len() * 2];
+fn write_s16le(samples: &[f32], out: &mut [u8]) {
     for (bytes, &s) in out.chunks_exact_mut(2).zip(samples) {
         bytes.copy_from_slice(&f32_to_s16(s).to_le_bytes());
     }
+}
+
+pub fn f32le_bytes(samples: &[f32]) -> Bytes {
+    pcm_bytes(PcmFormat::F32le, samples)
+}
+
+pub fn s16le_bytes(samples: &[f32]) -> Bytes {
+    pcm_bytes(PcmFormat::S16le, samples)
+}
+
+fn pcm_bytes(format: PcmFormat, samples: &[f32]) -> Bytes {
+    let mut out = vec![0u8; samples.len() * usize::from(format.bytes_per_sample())];
+    write_pcm(format, samples, &mut out);
     Bytes::from(out)
 }
+
+fn write_pcm(format: PcmFormat, samples: &[f32], out: &mut [u8]) {
+    match format {
+        PcmFormat::F32le => write_f32le(samples, out),
+        PcmFormat::S16le => write_s16le(samples, out),
+    }
+}
+
+/// `samples` encoded as `format`, framed as one HTTP/1.1 chunk (`SIZE\r\n DATA \r\n`), and
+/// where the data lies in it: one buffer serves both the listeners that are sent whole chunks
+/// and those that are sent the bare data.
+pub fn pcm_chunk(format: PcmFormat, samples: &[f32]) -> (Bytes, std::ops::Range<usize>) {
+    let data_len = samples.len() * usize::from(format.bytes_per_sample());
+    let header = format!("{data_len:x}\r\n");
+    let data = header.len()..header.len() + data_len;
+    let mut out = vec![0u8; data.end + 2];
+    out[..data.start].copy_from_slice(header.as_bytes());
+    write_pcm(format, samples, &mut out[data.clone()]);
+    out[data.end..].copy_from_slice(b"\r\n");
+    (Bytes::from(out), data)
+}
+
+/// An HTTP/1.1 chunk holding `data`, copied.
+pub fn http_chunk(data: &[u8]) -> Bytes {
+    let mut out = Vec::with_capacity(data.len() + 12);
+    out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+    out.extend_from_slice(data);
+    out.extend_from_slice(b"\r\n");
+    Bytes::from(out)
+}
+
+/// The last chunk of a chunked body, with no trailers.
+pub const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
 
 /// The NDJSON object of one frame, without a trailing newline.
 #[derive(serde::Serialize)]

@@ -51,9 +51,24 @@ pub struct Frame {
     /// Interleaved samples; a whole number of sample frames.
     pub samples: Box<[f32]>,
     pub level: Level,
-    f32le: OnceLock<Bytes>,
-    s16le: OnceLock<Bytes>,
-    json: OnceLock<Bytes>,
+    f32le: OnceLock<Encoded>,
+    s16le: OnceLock<Encoded>,
+    json: OnceLock<Encoded>,
+}
+
+/// A frame in one encoding: an HTTP/1.1 chunk and the bare data within it.
+struct Encoded {
+    chunk: Bytes,
+    data: Bytes,
+}
+
+impl Encoded {
+    fn new(chunk: Bytes, data: std::ops::Range<usize>) -> Encoded {
+        Encoded {
+            data: chunk.slice(data),
+            chunk,
+        }
+    }
 }
 
 impl Frame {
@@ -76,28 +91,52 @@ impl Frame {
         self.samples.len() / usize::from(self.format.channels)
     }
 
+    /// The samples as `format` bytes.
     pub fn pcm(&self, format: PcmFormat) -> &Bytes {
-        match format {
-            PcmFormat::F32le => self
-                .f32le
-                .get_or_init(|| encode::f32le_bytes(&self.samples)),
-            PcmFormat::S16le => self
-                .s16le
-                .get_or_init(|| encode::s16le_bytes(&self.samples)),
-        }
+        &self.encoded(format).data
+    }
+
+    /// The samples as `format` bytes, framed as one HTTP/1.1 chunk; shares its buffer with
+    /// [`Frame::pcm`].
+    pub fn pcm_chunk(&self, format: PcmFormat) -> &Bytes {
+        &self.encoded(format).chunk
+    }
+
+    fn encoded(&self, format: PcmFormat) -> &Encoded {
+        let cell = match format {
+            PcmFormat::F32le => &self.f32le,
+            PcmFormat::S16le => &self.s16le,
+        };
+        cell.get_or_init(|| {
+            let (chunk, data) = encode::pcm_chunk(format, &self.samples);
+            Encoded::new(chunk, data)
+        })
     }
 
     /// The frame's NDJSON line (ending in `\n`).
     pub fn json_line(&self) -> &Bytes {
+        &self.json().data
+    }
+
+    /// The frame's NDJSON line as one HTTP/1.1 chunk; shares its buffer with
+    /// [`Frame::json_line`].
+    pub fn json_chunk(&self) -> &Bytes {
+        &self.json().chunk
+    }
+
+    fn json(&self) -> &Encoded {
         self.json.get_or_init(|| {
-            encode::json_line(&FrameJson {
+            let line = encode::json_line(&FrameJson {
                 seq: self.seq,
                 pts: self.pts,
                 time: self.time,
                 rate: self.format.rate_hz,
                 channels: self.format.channels,
                 samples: &self.samples,
-            })
+            });
+            let chunk = encode::http_chunk(&line);
+            let start = chunk.len() - 2 - line.len();
+            Encoded::new(chunk, start..start + line.len())
         })
     }
 }
@@ -116,7 +155,19 @@ mod tests {
         let a = frame.pcm(PcmFormat::S16le).clone();
         let b = frame.pcm(PcmFormat::S16le).clone();
         assert_eq!(a.as_ptr(), b.as_ptr(), "the same buffer, not a copy");
+        assert_eq!(&a[..], &encode::s16le_bytes(&frame.samples)[..]);
+        let chunk = frame.pcm_chunk(PcmFormat::S16le);
+        assert_eq!(&chunk[..], &[b"8\r\n", &a[..], b"\r\n"].concat()[..]);
+        assert_eq!(
+            chunk[3..].as_ptr(),
+            a.as_ptr(),
+            "the data lies inside the chunk"
+        );
         assert_eq!(frame.json_line().as_ptr(), frame.json_line().as_ptr());
+        let line = frame.json_line();
+        let json_chunk = frame.json_chunk();
+        assert!(json_chunk.ends_with(&[&line[..], b"\r\n"].concat()));
+        assert!(json_chunk.starts_with(format!("{:x}\r\n", line.len()).as_bytes()));
         assert_eq!(frame.len_per_channel(), 2);
     }
 

@@ -18,6 +18,7 @@ use tokio::sync::broadcast::{self, error::RecvError, error::TryRecvError};
 use tokio_stream::Stream;
 use tokio_util::sync::ReusableBoxFuture;
 
+use crate::fanout::Fanout;
 use crate::frame::Frame;
 use crate::stats::{Endpoint, SourceState, Stats};
 
@@ -36,6 +37,8 @@ struct Shared {
 pub struct Publisher {
     sender: broadcast::Sender<Arc<Frame>>,
     shared: Arc<Shared>,
+    /// The raw PCM/WAV listeners' shards, which get every frame too.
+    fanout: Option<Fanout>,
 }
 
 #[derive(Clone)]
@@ -87,10 +90,21 @@ pub fn hub(limits: HubLimits, stats: Arc<Stats>) -> (Publisher, Hub) {
         sender: sender.downgrade(),
         shared: shared.clone(),
     };
-    (Publisher { sender, shared }, hub)
+    let publisher = Publisher {
+        sender,
+        shared,
+        fanout: None,
+    };
+    (publisher, hub)
 }
 
 impl Publisher {
+    /// Also hands every frame to `fanout`, and closes it when the publisher drops.
+    pub fn with_fanout(mut self, fanout: Fanout) -> Publisher {
+        self.fanout = Some(fanout);
+        self
+    }
+
     /// Publishes a frame to every current listener. Never waits for any of them.
     pub fn publish(&self, frame: Frame) {
         let stats = &self.shared.stats;
@@ -99,6 +113,9 @@ impl Publisher {
             stats.set_source_state(SourceState::Running);
         }
         let frame = Arc::new(frame);
+        if let Some(fanout) = &self.fanout {
+            fanout.publish(&frame);
+        }
         if self.shared.burst_frames == 0 {
             // An error only means nobody listens right now; the frame is simply not retained.
             let _ = self.sender.send(frame);
@@ -113,6 +130,14 @@ impl Publisher {
     }
 }
 
+impl Drop for Publisher {
+    fn drop(&mut self) {
+        if let Some(fanout) = &self.fanout {
+            fanout.close();
+        }
+    }
+}
+
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // The lock guards plain data that no panic can leave half-updated.
     mutex
@@ -121,16 +146,34 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Hub {
-    /// Subscribes a new listener of `endpoint`.
-    pub fn subscribe(&self, endpoint: Endpoint) -> Result<Subscription, SubscribeError> {
-        let sender = self.sender.upgrade().ok_or(SubscribeError::Ended)?;
-        if !self
+    /// Counts a new listener of `endpoint` against `max_listeners`, without a subscription:
+    /// for listeners that [`crate::fanout`] serves from its own copy of the frames.
+    pub fn join(&self, endpoint: Endpoint) -> Result<Membership, SubscribeError> {
+        if self.sender.strong_count() == 0 {
+            return Err(SubscribeError::Ended);
+        }
+        self.membership(endpoint)
+    }
+
+    fn membership(&self, endpoint: Endpoint) -> Result<Membership, SubscribeError> {
+        if self
             .shared
             .stats
             .try_join(endpoint, self.shared.max_listeners)
         {
-            return Err(SubscribeError::Full);
+            Ok(Membership {
+                endpoint,
+                stats: self.shared.stats.clone(),
+            })
+        } else {
+            Err(SubscribeError::Full)
         }
+    }
+
+    /// Subscribes a new listener of `endpoint`.
+    pub fn subscribe(&self, endpoint: Endpoint) -> Result<Subscription, SubscribeError> {
+        let sender = self.sender.upgrade().ok_or(SubscribeError::Ended)?;
+        let membership = self.membership(endpoint)?;
         let (receiver, burst) = if self.shared.burst_frames == 0 {
             (sender.subscribe(), VecDeque::new())
         } else {
@@ -140,7 +183,7 @@ impl Hub {
         drop(sender);
         let backlog_frames = self.shared.backlog_frames;
         Ok(Subscription {
-            endpoint,
+            membership,
             burst,
             next: ReusableBoxFuture::new(next_frame(receiver, backlog_frames)),
             done: false,
@@ -162,7 +205,7 @@ pub struct Delivery {
 /// A listener's view of the hub: a stream of [`Delivery`]s that ends when the hub closes.
 /// Dropping it unsubscribes the listener at once.
 pub struct Subscription {
-    endpoint: Endpoint,
+    membership: Membership,
     burst: VecDeque<Arc<Frame>>,
     next: ReusableBoxFuture<'static, (Option<Delivery>, broadcast::Receiver<Arc<Frame>>)>,
     done: bool,
@@ -225,17 +268,33 @@ impl Stream for Subscription {
 impl Subscription {
     /// Counts body bytes handed to the HTTP layer for this listener.
     pub fn sent(&self, bytes: usize) {
-        self.shared
-            .stats
-            .endpoint(self.endpoint)
-            .bytes_sent
-            .fetch_add(bytes as u64, std::sync::atomic::Ordering::Relaxed);
+        self.membership.sent(bytes as u64);
     }
 }
 
-impl Drop for Subscription {
+/// A listener counted in the stats: joined on creation, left on drop.
+pub struct Membership {
+    endpoint: Endpoint,
+    stats: Arc<Stats>,
+}
+
+impl Membership {
+    pub fn endpoint(&self) -> Endpoint {
+        self.endpoint
+    }
+
+    /// Counts body bytes sent to this listener.
+    pub fn sent(&self, bytes: u64) {
+        self.stats
+            .endpoint(self.endpoint)
+            .bytes_sent
+            .fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl Drop for Membership {
     fn drop(&mut self) {
-        self.shared.stats.listener_left(self.endpoint);
+        self.stats.listener_left(self.endpoint);
     }
 }
 

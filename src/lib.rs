@@ -7,15 +7,16 @@
 //! The pipeline, one module per stage:
 //!
 //! ```text
-//! source::{capture, wav, tone} ──push──▶ ring (SPSC, lock-free) ──pop──▶ framer ──▶ hub ──▶ http
-//!   paced, own thread            overflow: count, drop           thread    broadcast   one body per
-//!                                                                          of Arc<Frame> listener
+//! source::{capture, wav, tone} ──push──▶ ring (SPSC, lock-free) ──pop──▶ framer ──▶ hub ─┬─▶ fanout: PCM, WAV, NDJSON
+//!   paced, own thread            overflow: count, drop           thread    broadcast  │   sockets written directly
+//!                                                                          of Arc<Frame>└─▶ http: SSE, WebSocket bodies
 //! ```
 //!
 //! - [`config`]: command line and validated [`Settings`].
 //! - [`source`]: the producers; [`ring`]: the lock-free ring between source and framer.
 //! - [`framer`]: cuts fixed-size [`frame::Frame`]s; [`encode`]: their wire encodings.
 //! - [`hub`]: the bounded broadcast with per-listener skip-forward.
+//! - [`fanout`]: the threads that write raw PCM, WAV and NDJSON frames straight to sockets.
 //! - [`http`]: the axum endpoints; [`stats`]: the shared counters they report.
 //! - [`server`]: the accept loop and the limits every connection lives under.
 //!
@@ -24,6 +25,7 @@
 
 pub mod config;
 pub mod encode;
+pub mod fanout;
 pub mod frame;
 pub mod framer;
 pub mod http;
@@ -51,6 +53,8 @@ pub enum Error {
     Source(#[from] SourceError),
     #[error("cannot start the framer thread")]
     FramerThread(#[source] std::io::Error),
+    #[error("cannot start the fan-out threads")]
+    FanoutThreads(#[source] std::io::Error),
     #[error("the HTTP server failed")]
     Serve(#[source] std::io::Error),
 }
@@ -93,6 +97,19 @@ impl Pcmcast {
             max_listeners: settings.max_listeners,
         };
         let (publisher, hub) = hub::hub(limits, stats.clone());
+        let backlog_frames = settings.backlog_frames.max(1);
+        let fanout = fanout::Fanout::start(
+            fanout::FanoutLimits {
+                backlog_frames,
+                burst_frames: settings.burst_frames.min(backlog_frames),
+                frame_period: Duration::from_secs_f64(
+                    settings.frame_size_samples as f64 / f64::from(format.rate_hz),
+                ),
+            },
+            stats.clone(),
+        )
+        .map_err(Error::FanoutThreads)?;
+        let publisher = publisher.with_fanout(fanout.clone());
 
         // The threads stop on `stop`: on shutdown, or once the server is done.
         let stop = shutdown.child_token();
@@ -111,7 +128,12 @@ impl Pcmcast {
         .map_err(Error::FramerThread)?;
         let writer = writer_parts.into_writer(framer_thread.thread().clone(), stats.clone());
         let info = source.info.clone();
-        let source_thread = source.start(writer, stats.clone(), stop.clone())?;
+        let source_thread = source.start(
+            writer,
+            settings.frame_size_samples,
+            stats.clone(),
+            stop.clone(),
+        )?;
         tracing::info!(source = info.kind, name = %info.name, rate_hz = format.rate_hz,
             channels = format.channels, frame_size = settings.frame_size_samples, "source started");
 
@@ -134,7 +156,12 @@ impl Pcmcast {
                 }
             }
         };
-        let mut server = tokio::spawn(server::serve(listener, http::app(state), finish));
+        let mut server = tokio::spawn(server::serve(
+            listener,
+            http::app(state),
+            fanout.clone(),
+            finish,
+        ));
         let result = tokio::select! {
             joined = &mut server => Some(joined),
             () = shutdown.cancelled() => None,
@@ -144,11 +171,18 @@ impl Pcmcast {
             Some(joined) => joined,
             None => {
                 let grace = if shutdown.is_cancelled() {
+                    // Raw PCM/WAV streams end at once; the others end on the token.
+                    fanout.stop();
                     SHUTDOWN_GRACE
                 } else {
                     END_OF_SOURCE_GRACE
                 };
-                match tokio::time::timeout(grace, &mut server).await {
+                let finished = async {
+                    let joined = (&mut server).await;
+                    fanout.drained().await;
+                    joined
+                };
+                match tokio::time::timeout(grace, finished).await {
                     Ok(joined) => joined,
                     Err(_) => {
                         tracing::warn!(
@@ -160,6 +194,7 @@ impl Pcmcast {
                 }
             }
         };
+        fanout.stop();
         tasks.close();
         if tokio::time::timeout(SHUTDOWN_GRACE, tasks.wait())
             .await
@@ -171,6 +206,7 @@ impl Pcmcast {
         let joined = tokio::task::spawn_blocking(move || {
             let _ = source_thread.join();
             let _ = framer_thread.join();
+            fanout.join();
         });
         let _ = joined.await;
         result.map_err(|join_error| Error::Serve(std::io::Error::other(join_error)))

@@ -10,6 +10,13 @@
 //! next on a kept-alive connection) and within [`MAX_REQUEST_HEAD_BYTES`]; otherwise hyper
 //! answers 431/414/400 or just closes it. Each connection is its own task, so none of this
 //! delays another connection's frames.
+//!
+//! A connection's first request head is read here ([`head`]): a plain GET of `/stream.pcm`,
+//! `/stream.wav` or `/stream.ndjson` is answered by [`direct`] and its socket handed to
+//! [`crate::fanout`]; anything else goes to hyper with those bytes put back in front.
+
+mod direct;
+mod head;
 
 use std::future::Future;
 use std::io;
@@ -23,6 +30,9 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+
+use crate::fanout::Fanout;
+use head::{FirstRequest, Rewind};
 
 /// How long a client has to send a complete request head, counted from when the server starts
 /// reading it and not reset by partial progress, so trickling bytes buys nothing. Also the
@@ -44,7 +54,12 @@ const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 /// stops accepting, lets each connection finish the response it is sending (stream bodies end
 /// on the shutdown token) and close instead of waiting for another request, and returns once
 /// all have closed. Dropping the returned future (aborting its task) drops every connection.
-pub async fn serve(listener: TcpListener, app: Router, finish: impl Future<Output = ()>) {
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    fanout: Fanout,
+    finish: impl Future<Output = ()>,
+) {
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
@@ -75,6 +90,7 @@ pub async fn serve(listener: TcpListener, app: Router, finish: impl Future<Outpu
                     stream,
                     builder.clone(),
                     app.clone(),
+                    fanout.clone(),
                     draining.clone(),
                 ));
             }
@@ -113,9 +129,10 @@ fn is_per_connection(error: &io::Error) -> bool {
 /// oversized or malformed head) or, once `draining` is cancelled, its current response ends.
 /// A WebSocket upgrade hands the socket over to the task axum spawns for it and ends this one.
 async fn serve_connection(
-    stream: TcpStream,
+    mut stream: TcpStream,
     builder: http1::Builder,
     app: Router,
+    fanout: Fanout,
     draining: CancellationToken,
 ) {
     // Frames are written as soon as they exist; Nagle would hold a small one back until the
@@ -123,8 +140,23 @@ async fn serve_connection(
     if let Err(error) = stream.set_nodelay(true) {
         tracing::debug!("cannot set TCP_NODELAY on a connection: {error}");
     }
+    let deadline = tokio::time::Instant::now() + HEADER_READ_TIMEOUT;
+    let first = tokio::select! {
+        first = head::read_first(&mut stream, deadline) => first,
+        () = draining.cancelled() => return,
+    };
+    let prefix = match first {
+        FirstRequest::Stream(request) => {
+            return direct::serve(stream, *request, app, fanout).await;
+        }
+        FirstRequest::Other(prefix) => prefix,
+        FirstRequest::Gone => return,
+    };
     let connection = builder
-        .serve_connection(TokioIo::new(stream), TowerToHyperService::new(app))
+        .serve_connection(
+            TokioIo::new(Rewind::new(prefix, stream)),
+            TowerToHyperService::new(app),
+        )
         .with_upgrades();
     let mut connection = pin!(connection);
     let result = tokio::select! {

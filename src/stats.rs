@@ -106,6 +106,8 @@ pub struct Stats {
     pub listeners_current: AtomicU64,
     pub listeners_peak: AtomicU64,
     pub listeners_total: AtomicU64,
+    /// Listeners dropped because their connection took nothing for as long as the backlog.
+    pub listeners_dropped: AtomicU64,
     endpoints: [EndpointStats; 5],
     source_state: AtomicU8,
     /// Nanoseconds after `started` at which the last frame was published, or `NEVER`.
@@ -124,6 +126,7 @@ impl Default for Stats {
             listeners_current: AtomicU64::new(0),
             listeners_peak: AtomicU64::new(0),
             listeners_total: AtomicU64::new(0),
+            listeners_dropped: AtomicU64::new(0),
             endpoints: Default::default(),
             source_state: AtomicU8::new(SourceState::Starting as u8),
             last_frame_ns: AtomicU64::new(NEVER),

@@ -21,13 +21,14 @@ const ENDPOINTS: [&str; 5] = ["pcm", "wav", "ndjson", "events", "ws"];
 const STATES: [&str; 5] = ["starting", "running", "ended", "stopped", "reconnecting"];
 
 /// Every metric family the contract asks for, with its type.
-const FAMILIES: [(&str, &str); 18] = [
+const FAMILIES: [(&str, &str); 19] = [
     ("pcmcast_source_info", "gauge"),
     ("pcmcast_source_state", "gauge"),
     ("pcmcast_source_up", "gauge"),
     ("pcmcast_frames_produced_total", "counter"),
     ("pcmcast_samples_dropped_total", "counter"),
     ("pcmcast_frames_skipped_total", "counter"),
+    ("pcmcast_listeners_dropped_total", "counter"),
     ("pcmcast_backlog_frames", "gauge"),
     ("pcmcast_listeners_current", "gauge"),
     ("pcmcast_listeners_peak", "gauge"),

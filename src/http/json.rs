@@ -1,14 +1,16 @@
-//! `/stream.ndjson`: one JSON object per frame and line.
+//! `/stream.ndjson`: one JSON object per frame and line. Served by [`crate::fanout`] when the
+//! server offers it.
 
 use std::sync::Arc;
 
-use axum::Router;
 use axum::extract::{RawQuery, State};
 use axum::response::Response;
 use axum::routing::get;
+use axum::{Extension, Router};
 
-use super::listener::{Encoding, ListenerBody};
+use super::listener::StreamRequest;
 use super::{AppError, AppState, params};
+use crate::fanout::{DirectEncoding, DirectOffer};
 use crate::stats::Endpoint;
 
 pub fn routes() -> Router<Arc<AppState>> {
@@ -18,15 +20,15 @@ pub fn routes() -> Router<Arc<AppState>> {
 async fn stream_ndjson(
     State(state): State<Arc<AppState>>,
     RawQuery(query): RawQuery,
+    offer: Option<Extension<DirectOffer>>,
 ) -> Result<Response, AppError> {
     let params = params::parse(query.as_deref(), &["frames"])?;
-    let subscription = state.hub.subscribe(Endpoint::Ndjson)?;
-    let body = ListenerBody::new(
-        subscription,
-        Encoding::Ndjson,
-        None,
-        params.frames,
-        &state.shutdown,
-    );
-    Ok(body.into_response("application/x-ndjson", &[]))
+    let stream = StreamRequest {
+        endpoint: Endpoint::Ndjson,
+        content_type: "application/x-ndjson",
+        encoding: DirectEncoding::Ndjson,
+        preamble: None,
+        frames: params.frames,
+    };
+    stream.respond(&state, offer, &[])
 }

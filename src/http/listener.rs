@@ -14,6 +14,7 @@ use std::convert::Infallible;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
+use axum::Extension;
 use axum::body::Body;
 use axum::http::{HeaderName, HeaderValue, header};
 use axum::response::Response;
@@ -21,8 +22,11 @@ use bytes::Bytes;
 use tokio_stream::Stream;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
+use super::{AppError, AppState};
 use crate::encode::{self, PcmFormat};
+use crate::fanout::{DirectEncoding, DirectOffer, DirectStream};
 use crate::hub::{Delivery, Subscription};
+use crate::stats::Endpoint;
 
 #[derive(Clone, Copy, Debug)]
 pub enum Encoding {
@@ -88,6 +92,54 @@ impl ListenerBody {
         headers: &[(HeaderName, HeaderValue)],
     ) -> Response {
         streaming_response(Body::from_stream(self), content_type, headers)
+    }
+}
+
+/// A stream request that [`crate::fanout`] can serve.
+pub struct StreamRequest {
+    pub endpoint: Endpoint,
+    pub content_type: &'static str,
+    pub encoding: DirectEncoding,
+    /// Bytes before the first frame (the WAV header).
+    pub preamble: Option<Bytes>,
+    /// `frames=N`.
+    pub frames: Option<u64>,
+}
+
+impl StreamRequest {
+    /// Accepts the server's offer to hand the connection to the fan-out when there is one
+    /// (the response is then the head only), else streams the body through hyper.
+    pub fn respond(
+        self,
+        state: &AppState,
+        offer: Option<Extension<DirectOffer>>,
+        headers: &[(HeaderName, HeaderValue)],
+    ) -> Result<Response, AppError> {
+        if let Some(Extension(offer)) = offer {
+            offer.accept(DirectStream {
+                membership: state.hub.join(self.endpoint)?,
+                encoding: self.encoding,
+                preamble: self.preamble,
+                frames: self.frames,
+            });
+            return Ok(streaming_response(
+                Body::empty(),
+                self.content_type,
+                headers,
+            ));
+        }
+        let encoding = match self.encoding {
+            DirectEncoding::Pcm(format) => Encoding::Pcm(format),
+            DirectEncoding::Ndjson => Encoding::Ndjson,
+        };
+        let body = ListenerBody::new(
+            state.hub.subscribe(self.endpoint)?,
+            encoding,
+            self.preamble,
+            self.frames,
+            &state.shutdown,
+        );
+        Ok(body.into_response(self.content_type, headers))
     }
 }
 

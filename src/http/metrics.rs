@@ -95,6 +95,12 @@ fn render(state: &AppState, up: bool) -> String {
         stats.frames_skipped.load(Relaxed),
     );
     out.single(
+        "pcmcast_listeners_dropped_total",
+        Counter,
+        "Raw PCM/WAV listeners dropped because their connection took nothing for as long as the backlog.",
+        stats.listeners_dropped.load(Relaxed),
+    );
+    out.single(
         "pcmcast_backlog_frames",
         Gauge,
         "How many frames a listener may fall behind before it is skipped forward.",

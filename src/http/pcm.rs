@@ -1,17 +1,18 @@
 //! `/stream.pcm` (raw interleaved PCM) and `/stream.wav` (the same behind an endless WAV
-//! header), f32le or s16le.
+//! header), f32le or s16le. Served by [`crate::fanout`] when the server offers it.
 
 use std::sync::Arc;
 
-use axum::Router;
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderName, HeaderValue};
 use axum::response::Response;
 use axum::routing::get;
+use axum::{Extension, Router};
 
-use super::listener::{Encoding, ListenerBody};
+use super::listener::StreamRequest;
 use super::{AppError, AppState, params};
 use crate::encode::{self, PcmFormat};
+use crate::fanout::{DirectEncoding, DirectOffer};
 use crate::stats::Endpoint;
 
 const PARAMS: &[&str] = &["format", "frames"];
@@ -25,40 +26,36 @@ pub fn routes() -> Router<Arc<AppState>> {
 async fn stream_pcm(
     State(state): State<Arc<AppState>>,
     RawQuery(query): RawQuery,
+    offer: Option<Extension<DirectOffer>>,
 ) -> Result<Response, AppError> {
     let params = params::parse(query.as_deref(), PARAMS)?;
     let format = params.format.unwrap_or(PcmFormat::F32le);
-    let body = listener(&state, Endpoint::Pcm, format, None, params.frames)?;
-    Ok(body.into_response("application/octet-stream", &pcm_headers(&state, format)))
+    let stream = StreamRequest {
+        endpoint: Endpoint::Pcm,
+        content_type: "application/octet-stream",
+        encoding: DirectEncoding::Pcm(format),
+        preamble: None,
+        frames: params.frames,
+    };
+    stream.respond(&state, offer, &pcm_headers(&state, format))
 }
 
 async fn stream_wav(
     State(state): State<Arc<AppState>>,
     RawQuery(query): RawQuery,
+    offer: Option<Extension<DirectOffer>>,
 ) -> Result<Response, AppError> {
     let params = params::parse(query.as_deref(), PARAMS)?;
     let format = params.format.unwrap_or(PcmFormat::S16le);
-    let stream = state.source.format;
-    let header = encode::wav_header(format, stream.rate_hz, stream.channels);
-    let body = listener(&state, Endpoint::Wav, format, Some(header), params.frames)?;
-    Ok(body.into_response("audio/wav", &pcm_headers(&state, format)))
-}
-
-fn listener(
-    state: &AppState,
-    endpoint: Endpoint,
-    format: PcmFormat,
-    preamble: Option<bytes::Bytes>,
-    frames: Option<u64>,
-) -> Result<ListenerBody, AppError> {
-    let subscription = state.hub.subscribe(endpoint)?;
-    Ok(ListenerBody::new(
-        subscription,
-        Encoding::Pcm(format),
-        preamble,
-        frames,
-        &state.shutdown,
-    ))
+    let source = state.source.format;
+    let stream = StreamRequest {
+        endpoint: Endpoint::Wav,
+        content_type: "audio/wav",
+        encoding: DirectEncoding::Pcm(format),
+        preamble: Some(encode::wav_header(format, source.rate_hz, source.channels)),
+        frames: params.frames,
+    };
+    stream.respond(&state, offer, &pcm_headers(&state, format))
 }
 
 /// `X-Pcm-*` headers: what a raw-PCM client needs to play the body.

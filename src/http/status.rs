@@ -38,6 +38,7 @@ async fn status(State(state): State<Arc<AppState>>) -> Json<Value> {
             "current": stats.listeners_current.load(Relaxed),
             "peak": stats.listeners_peak.load(Relaxed),
             "total": stats.listeners_total.load(Relaxed),
+            "dropped": stats.listeners_dropped.load(Relaxed),
         },
         "frames_skipped": stats.frames_skipped.load(Relaxed),
         "backlog_frames": state.hub.backlog_frames(),

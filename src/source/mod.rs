@@ -4,7 +4,7 @@
 //! started on its own thread where it runs from start-up whether or not anyone listens. Live
 //! capture is driven by the device's clock ([`capture`]); the file and synthetic sources are
 //! [`Generator`]s driven by [`run_paced`], which produces exactly as many samples as the
-//! monotonic clock says are due, in small chunks.
+//! monotonic clock says are due, waking when each frame's last sample is due.
 
 pub mod capture;
 pub mod convert;
@@ -15,7 +15,7 @@ pub mod wav;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
@@ -129,9 +129,12 @@ impl OpenSource {
 
     /// Starts the source on its own thread, writing into `writer` until it ends or `cancel`
     /// fires. Dropping the writer at the end tells the framer that no more samples come.
+    /// `frame_samples` (per channel) is the framer's frame size: a paced source produces each
+    /// frame's samples the moment the last of them is due, so that no frame waits for a tick.
     pub fn start(
         self,
         writer: RingWriter,
+        frame_samples: usize,
         stats: Arc<Stats>,
         cancel: CancellationToken,
     ) -> Result<JoinHandle<()>, SourceError> {
@@ -139,7 +142,7 @@ impl OpenSource {
         let thread = thread::Builder::new().name("pcmcast-source".into());
         match self.producer {
             Producer::Paced(generator) => {
-                thread.spawn(move || run_paced(generator, format, writer, &cancel))
+                thread.spawn(move || run_paced(generator, format, frame_samples, writer, &cancel))
             }
             Producer::Capture(capture) => {
                 thread.spawn(move || capture.supervise(writer, &stats, &cancel))
@@ -149,15 +152,16 @@ impl OpenSource {
     }
 }
 
-/// How often a paced source wakes to produce what is due. Short enough to add little latency
-/// to a frame, long enough to cost nothing.
-const TICK: Duration = Duration::from_millis(5);
+/// The longest a paced source sleeps, so that it notices `cancel` soon even with long frames.
+const MAX_SLEEP: Duration = Duration::from_millis(50);
 
-/// Drives a generator in real time: each tick it produces exactly the samples the clock says
-/// are due since start, so sleeping late never accumulates drift.
+/// Drives a generator in real time: produces exactly the samples the clock says are due since
+/// start, then sleeps until the last sample of the next frame is due. Frames are complete the
+/// moment they can be, and sleeping late never accumulates drift.
 fn run_paced(
     mut generator: Box<dyn Generator>,
     format: StreamFormat,
+    frame_samples: usize,
     mut writer: RingWriter,
     cancel: &CancellationToken,
 ) {
@@ -165,6 +169,7 @@ fn run_paced(
     let chunk_frames = (format.rate_hz as usize / 50).max(1);
     let mut scratch = vec![0.0f32; chunk_frames * channels];
     let mut pacer = Pacer::start(format.rate_hz);
+    let frame_samples = frame_samples.max(1) as u64;
     while !cancel.is_cancelled() {
         let mut due_frames = pacer.due();
         while due_frames > 0 {
@@ -176,6 +181,10 @@ fn run_paced(
             }
             due_frames -= (n / channels) as u64;
         }
-        thread::sleep(TICK);
+        let next_frame_end = (pacer.produced() / frame_samples + 1) * frame_samples;
+        let wait = pacer
+            .instant_of(next_frame_end)
+            .saturating_duration_since(Instant::now());
+        thread::sleep(wait.min(MAX_SLEEP));
     }
 }

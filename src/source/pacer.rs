@@ -37,6 +37,20 @@ impl Pacer {
     }
 }
 
+impl Pacer {
+    /// Sample frames handed out so far.
+    pub fn produced(&self) -> u64 {
+        self.produced_frames
+    }
+
+    /// The first instant at which `frames` sample frames are due.
+    pub fn instant_of(&self, frames: u64) -> Instant {
+        let rate = u128::from(self.rate_hz);
+        let nanos = (u128::from(frames) * 1_000_000_000).div_ceil(rate);
+        self.start + Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
+    }
+}
+
 /// Whole sample frames in `elapsed` at `rate_hz`, computed exactly in integers.
 fn frames_in(elapsed: Duration, rate_hz: u32) -> u64 {
     (elapsed.as_nanos() * u128::from(rate_hz) / 1_000_000_000) as u64
@@ -62,6 +76,23 @@ mod tests {
             assert_eq!(total, frames_in(t, 48_000));
         }
         assert!(total > 48_000 * 59, "covered the whole minute: {total}");
+    }
+
+    #[test]
+    fn exactly_the_frames_asked_for_are_due_at_their_instant() {
+        let start = Instant::now();
+        for rate in [8_000, 44_100, 48_000, 96_000] {
+            let pacer = Pacer::started_at(start, rate);
+            for frames in [1, 1024, 44_100, 1_000_003] {
+                let at = pacer.instant_of(frames);
+                assert_eq!(Pacer::started_at(start, rate).due_at(at), frames);
+                let just_before = at - Duration::from_nanos(1);
+                assert_eq!(
+                    Pacer::started_at(start, rate).due_at(just_before),
+                    frames - 1
+                );
+            }
+        }
     }
 
     #[test]

@@ -1,0 +1,1013 @@
+//! Direct fan-out: raw PCM, WAV and NDJSON listeners served by a few threads that write every
+//! frame straight into every listener's socket.
+//!
+//! These are the endpoints people run by the thousand, and per listener a frame costs one
+//! `writev` here: no task to wake, no HTTP machinery, no shared counter touched. Serving them
+//! as hyper response bodies cost about twice the kernel's own work for the write.
+//!
+//! [`crate::server`] answers the request (through the axum app, so access control, parameters
+//! and limits are the same), writes the response head itself and hands the socket over with
+//! [`Fanout::add`]. From then on one shard thread owns it:
+//!
+//! - The publisher gives each shard every frame ([`Fanout::publish`]); the shard keeps the last
+//!   `backlog + 1` in a window that its listeners index into. A listener is only a position in
+//!   that window, plus whatever part of a write the socket did not take yet.
+//! - Each time frames arrive, every listener gets all the frames it has not had in one
+//!   `writev` (normally exactly one), each frame an HTTP chunk encoded once for everyone.
+//! - Sockets are non-blocking with a capped send buffer. A write the socket only partly takes
+//!   leaves its rest pending, sent before anything else next time, so chunks stay whole. A
+//!   listener more than `backlog` frames behind skips forward (an NDJSON one is told, with
+//!   `"skipped":N` in its next line, its only bytes not shared); one whose socket took nothing
+//!   for half as long as the backlog lasts is dropped (reset): a stalled client costs a
+//!   bounded send buffer, for a bounded time ([`stall_limit`]).
+//! - The stream ends with a clean final chunk after `frames=N`, when the source ends (once the
+//!   listener has everything), when the client shuts down its side of the connection (as
+//!   hyper would), or on [`Fanout::stop`], which ends every stream at once.
+//! - A shard waits in its own `mio` poll: woken by the publisher, by new listeners, and by
+//!   any listener's socket that becomes readable (the client closed or sent something), so
+//!   clients that leave are noticed without a read per listener per frame.
+
+use std::collections::VecDeque;
+use std::io::{self, IoSlice, Read, Write};
+use std::net::Shutdown;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use mio::net::TcpStream;
+use mio::{Events, Interest, Poll, Token, Waker};
+use socket2::SockRef;
+use tokio::sync::Notify;
+
+use crate::encode::{self, PcmFormat};
+use crate::frame::Frame;
+use crate::hub::Membership;
+use crate::stats::{Endpoint, Stats};
+
+/// The token of a shard's waker; listeners' tokens are their slots.
+const WAKER: Token = Token(usize::MAX);
+/// Client events taken per wake-up.
+const EVENTS: usize = 256;
+/// Reads of what a client sends (and is discarded) per round, so that one client that keeps
+/// sending cannot hold the shard.
+const MAX_READS: usize = 4;
+
+/// Frames one write may carry: a listener more behind than this catches up over several.
+const MAX_FRAMES_PER_WRITE: usize = 16;
+/// Pieces a listener can have pending: a write that leaves a piece unfinished begins no other,
+/// and a skip's NDJSON line is only queued when nothing is.
+const MAX_PENDING: usize = 1;
+/// The send buffer asked for each socket (the kernel doubles it): ~0.3 s of 48 kHz stereo f32,
+/// room for a LAN or Wi-Fi round trip, against the megabytes autotuning gives a stalled one.
+pub const SEND_BUFFER_BYTES: usize = 64 * 1024;
+
+/// How the shards are bounded.
+#[derive(Clone, Copy, Debug)]
+pub struct FanoutLimits {
+    /// Frames a listener may fall behind before it is skipped forward. A socket that takes
+    /// nothing for half as long has its listener dropped (see [`stall_limit`]).
+    pub backlog_frames: usize,
+    /// Recent frames a new listener gets before live ones.
+    pub burst_frames: usize,
+    /// How long one frame lasts.
+    pub frame_period: Duration,
+}
+
+/// What a direct listener is to be sent; the HTTP handler makes it, the server hands it over
+/// with the socket.
+pub struct DirectStream {
+    pub membership: Membership,
+    pub encoding: DirectEncoding,
+    /// Bytes before the first frame (the WAV header).
+    pub preamble: Option<Bytes>,
+    /// Frames to send before ending the stream (`frames=N`).
+    pub frames: Option<u64>,
+}
+
+/// What a direct listener's frames are sent as.
+#[derive(Clone, Copy, Debug)]
+pub enum DirectEncoding {
+    Pcm(PcmFormat),
+    Ndjson,
+}
+
+/// Put in a request's extensions by [`crate::server`] when it can hand the connection over:
+/// a stream handler that accepts it answers with the response head only, and the server gives
+/// the socket and the accepted [`DirectStream`] to [`Fanout::add`].
+#[derive(Clone, Default)]
+pub struct DirectOffer(Arc<Mutex<Option<DirectStream>>>);
+
+impl DirectOffer {
+    pub fn accept(&self, stream: DirectStream) {
+        *lock(&self.0) = Some(stream);
+    }
+
+    pub fn take(&self) -> Option<DirectStream> {
+        lock(&self.0).take()
+    }
+}
+
+/// The shards; cloning gives another handle to the same ones.
+#[derive(Clone)]
+pub struct Fanout {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    shards: Vec<ShardHandle>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+    /// Notified whenever a closed shard has no listeners left.
+    drained: Arc<Notify>,
+}
+
+struct ShardHandle {
+    shared: Arc<ShardShared>,
+    waker: Waker,
+}
+
+impl ShardHandle {
+    fn wake(&self) {
+        if let Err(error) = self.waker.wake() {
+            tracing::error!("cannot wake a fan-out thread: {error}");
+        }
+    }
+}
+
+struct ShardShared {
+    inbox: Mutex<Inbox>,
+    /// Listeners this shard serves or is about to.
+    listeners: AtomicUsize,
+    window_frames: usize,
+}
+
+/// What the other threads leave for a shard.
+#[derive(Default)]
+struct Inbox {
+    frames: VecDeque<Arc<Frame>>,
+    joining: Vec<Listener>,
+    closed: bool,
+    stopped: bool,
+}
+
+impl Fanout {
+    /// Starts one shard thread per core (at most 8).
+    pub fn start(limits: FanoutLimits, stats: Arc<Stats>) -> io::Result<Fanout> {
+        let count = thread::available_parallelism().map_or(1, |n| n.get().min(8));
+        let drained = Arc::new(Notify::new());
+        let mut shards = Vec::with_capacity(count);
+        let mut threads = Vec::with_capacity(count);
+        for index in 0..count {
+            let shared = Arc::new(ShardShared {
+                inbox: Mutex::default(),
+                listeners: AtomicUsize::new(0),
+                window_frames: limits.backlog_frames.max(limits.burst_frames) + 1,
+            });
+            let poll = Poll::new()?;
+            let waker = Waker::new(poll.registry(), WAKER)?;
+            let shard = Shard {
+                shared: shared.clone(),
+                poll,
+                limits,
+                stats: stats.clone(),
+                drained: drained.clone(),
+            };
+            let handle = thread::Builder::new()
+                .name(format!("pcmcast-fanout-{index}"))
+                .spawn(move || shard.run())?;
+            shards.push(ShardHandle { shared, waker });
+            threads.push(handle);
+        }
+        Ok(Fanout {
+            inner: Arc::new(Inner {
+                shards,
+                threads: Mutex::new(threads),
+                drained,
+            }),
+        })
+    }
+
+    /// Hands `frame` to every shard. Never waits for a listener.
+    pub fn publish(&self, frame: &Arc<Frame>) {
+        for shard in &self.inner.shards {
+            let mut inbox = lock(&shard.shared.inbox);
+            if inbox.frames.len() == shard.shared.window_frames {
+                inbox.frames.pop_front();
+            }
+            inbox.frames.push_back(frame.clone());
+            let busy = !inbox.joining.is_empty() || shard.shared.listeners.load(Relaxed) > 0;
+            drop(inbox);
+            // A shard without listeners collects frames (for the burst) without waking.
+            if busy {
+                shard.wake();
+            }
+        }
+    }
+
+    /// Takes over `socket`, whose response head has been written, to send it `stream`:
+    /// chunked (HTTP/1.1) or delimited by closing the connection (HTTP/1.0).
+    pub fn add(
+        &self,
+        socket: std::net::TcpStream,
+        chunked: bool,
+        stream: DirectStream,
+    ) -> io::Result<()> {
+        socket.set_nonblocking(true)?;
+        let sock = SockRef::from(&socket);
+        sock.set_send_buffer_size(SEND_BUFFER_BYTES)?;
+        sock.set_tcp_nodelay(true)?;
+        let listener = Listener::new(TcpStream::from_std(socket), chunked, stream);
+        let shard = self
+            .inner
+            .shards
+            .iter()
+            .min_by_key(|shard| shard.shared.listeners.load(Relaxed))
+            .expect("at least one shard");
+        let mut inbox = lock(&shard.shared.inbox);
+        if inbox.stopped {
+            // Too late: the shards are gone. The stream ends at once, empty.
+            drop(inbox);
+            let mut listener = listener;
+            listener.end_now(&mut Tally::default());
+            return Ok(());
+        }
+        shard.shared.listeners.fetch_add(1, Relaxed);
+        inbox.joining.push(listener);
+        drop(inbox);
+        shard.wake();
+        Ok(())
+    }
+
+    /// No more frames will come: each listener's stream ends once it has every frame.
+    pub fn close(&self) {
+        self.tell_shards(|inbox| inbox.closed = true);
+    }
+
+    /// Ends every stream now with its final chunk, as far as the socket takes it, and stops
+    /// the shards.
+    pub fn stop(&self) {
+        self.tell_shards(|inbox| inbox.stopped = true);
+    }
+
+    fn tell_shards(&self, what: impl Fn(&mut Inbox)) {
+        for shard in &self.inner.shards {
+            what(&mut lock(&shard.shared.inbox));
+            shard.wake();
+        }
+    }
+
+    /// Listeners being served or about to be.
+    pub fn listeners(&self) -> usize {
+        self.inner
+            .shards
+            .iter()
+            .map(|shard| shard.shared.listeners.load(Relaxed))
+            .sum()
+    }
+
+    /// Waits until no listener is left; after [`Fanout::close`], that happens once each has
+    /// taken its last frame and final chunk.
+    pub async fn drained(&self) {
+        loop {
+            let notified = self.inner.drained.notified();
+            if self.listeners() == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Waits for the shard threads to end; call after [`Fanout::stop`].
+    pub fn join(&self) {
+        let threads = std::mem::take(&mut *lock(&self.inner.threads));
+        for thread in threads {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // The locks guard plain data that no panic can leave half-updated.
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The last frames a shard has, by index (the count of frames published before each).
+struct Window {
+    frames: VecDeque<Arc<Frame>>,
+    /// Index of `frames[0]`.
+    first: u64,
+    capacity: usize,
+}
+
+impl Window {
+    fn push(&mut self, frame: Arc<Frame>) {
+        if self.frames.len() == self.capacity {
+            self.frames.pop_front();
+            self.first += 1;
+        }
+        self.frames.push_back(frame);
+    }
+
+    /// Lets go of every frame (and its encodings); indices go on where they were.
+    fn clear(&mut self) {
+        self.first = self.end();
+        self.frames.clear();
+    }
+
+    /// Index of the next frame to come.
+    fn end(&self) -> u64 {
+        self.first + self.frames.len() as u64
+    }
+
+    fn get(&self, index: u64) -> &Arc<Frame> {
+        &self.frames[(index - self.first) as usize]
+    }
+}
+
+/// Counts gathered over one round and added to the shared stats once.
+#[derive(Default)]
+struct Tally {
+    bytes: [u64; Endpoint::ALL.len()],
+    skipped: u64,
+    dropped: u64,
+}
+
+impl Tally {
+    fn flush(&mut self, stats: &Stats) {
+        for (endpoint, bytes) in Endpoint::ALL.iter().zip(&mut self.bytes) {
+            if *bytes > 0 {
+                stats
+                    .endpoint(*endpoint)
+                    .bytes_sent
+                    .fetch_add(*bytes, Relaxed);
+                *bytes = 0;
+            }
+        }
+        if self.skipped > 0 {
+            stats.frames_skipped.fetch_add(self.skipped, Relaxed);
+            self.skipped = 0;
+        }
+        if self.dropped > 0 {
+            stats.listeners_dropped.fetch_add(self.dropped, Relaxed);
+            self.dropped = 0;
+        }
+    }
+}
+
+/// How long a listener's socket may take nothing before the listener is dropped: half the
+/// backlog. A client that stops reading first fills its own receive buffer and then this
+/// side's send buffer (at 384 kB/s with default buffers, some 0.6 s) before a write takes
+/// nothing; with half the backlog after that, it is gone within about the backlog's length of
+/// stopping, as a listener that falls that far behind by reading too slowly is skipped forward.
+/// A reader that still takes bytes, however slowly, is never dropped for it.
+pub fn stall_limit(limits: &FanoutLimits) -> Duration {
+    limits.frame_period * limits.backlog_frames as u32 / 2
+}
+
+/// One shard thread's state.
+struct Shard {
+    shared: Arc<ShardShared>,
+    poll: Poll,
+    limits: FanoutLimits,
+    stats: Arc<Stats>,
+    drained: Arc<Notify>,
+}
+
+/// What the round found about the shard's listeners.
+struct Round {
+    closed: bool,
+    now: Instant,
+    stall_limit: Duration,
+    backlog_frames: u64,
+}
+
+/// A shard's listeners, each in a slot whose index is its poll token.
+#[derive(Default)]
+struct Slots {
+    slots: Vec<Option<Listener>>,
+    free: Vec<usize>,
+}
+
+impl Slots {
+    fn insert(&mut self, listener: Listener) -> usize {
+        match self.free.pop() {
+            Some(slot) => {
+                self.slots[slot] = Some(listener);
+                slot
+            }
+            None => {
+                self.slots.push(Some(listener));
+                self.slots.len() - 1
+            }
+        }
+    }
+
+    fn remove(&mut self, slot: usize) -> Option<Listener> {
+        let listener = self.slots.get_mut(slot)?.take()?;
+        self.free.push(slot);
+        Some(listener)
+    }
+
+    fn get_mut(&mut self, slot: usize) -> Option<&mut Listener> {
+        self.slots.get_mut(slot)?.as_mut()
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &Listener> {
+        self.slots.iter().flatten()
+    }
+}
+
+impl Shard {
+    fn run(mut self) {
+        let mut window = Window {
+            frames: VecDeque::with_capacity(self.shared.window_frames),
+            first: 0,
+            capacity: self.shared.window_frames,
+        };
+        let mut listeners = Slots::default();
+        let mut events = Events::with_capacity(EVENTS);
+        let mut arrived = VecDeque::new();
+        let mut joining = Vec::new();
+        let mut tally = Tally::default();
+        let stall_limit = stall_limit(&self.limits);
+        loop {
+            let (closed, stopped) = {
+                let mut inbox = lock(&self.shared.inbox);
+                std::mem::swap(&mut inbox.frames, &mut arrived);
+                std::mem::swap(&mut inbox.joining, &mut joining);
+                (inbox.closed, inbox.stopped)
+            };
+            for frame in arrived.drain(..) {
+                window.push(frame);
+            }
+            let burst_start = window.end().saturating_sub(self.limits.burst_frames as u64);
+            for mut listener in joining.drain(..) {
+                listener.next = burst_start.max(window.first);
+                self.admit(&mut listeners, listener);
+            }
+            if stopped {
+                for slot in 0..listeners.slots.len() {
+                    if let Some(mut listener) = listeners.remove(slot) {
+                        listener.end_now(&mut tally);
+                    }
+                }
+                tally.flush(&self.stats);
+                self.shared.listeners.store(0, Relaxed);
+                self.drained.notify_one();
+                return;
+            }
+            let round = Round {
+                closed,
+                now: Instant::now(),
+                stall_limit,
+                backlog_frames: self.limits.backlog_frames as u64,
+            };
+            let mut left = 0;
+            for slot in 0..listeners.slots.len() {
+                let Some(listener) = listeners.get_mut(slot) else {
+                    continue;
+                };
+                // A bug that panics while serving one listener costs that listener only.
+                let served = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    listener.serve(&window, &round, &mut tally)
+                }));
+                if !served.unwrap_or_else(|_| {
+                    tracing::error!("dropped a direct listener after a panic while serving it");
+                    false
+                }) {
+                    self.dismiss(&mut listeners, slot);
+                    left += 1;
+                }
+            }
+            tally.flush(&self.stats);
+            if left > 0 {
+                self.shared.listeners.fetch_sub(left, Relaxed);
+            }
+            if listeners.iter().next().is_none() {
+                // Idle, the shard is not woken for frames, which collect in its inbox (the
+                // burst for the next listener comes from there): the window would only keep
+                // stale frames and their encodings.
+                window.clear();
+                if closed {
+                    self.drained.notify_one();
+                }
+            }
+            // Unsent bytes are retried when the next frame comes, or after a frame period if
+            // none does (the source ended), so that the rest still goes out.
+            let timeout = listeners
+                .iter()
+                .any(Listener::has_unsent)
+                .then_some(self.limits.frame_period);
+            if let Err(error) = self.poll.poll(&mut events, timeout)
+                && error.kind() != io::ErrorKind::Interrupted
+            {
+                tracing::error!("a fan-out thread cannot wait for events: {error}");
+                thread::sleep(self.limits.frame_period);
+            }
+            for event in &events {
+                if let Some(listener) = listeners.get_mut(event.token().0) {
+                    listener.client_readable = true;
+                }
+            }
+        }
+    }
+
+    fn admit(&self, listeners: &mut Slots, listener: Listener) {
+        let slot = listeners.insert(listener);
+        let listener = listeners.get_mut(slot).expect("just inserted");
+        if let Err(error) =
+            self.poll
+                .registry()
+                .register(&mut listener.socket, Token(slot), Interest::READABLE)
+        {
+            tracing::error!("cannot watch a direct listener's connection: {error}");
+            listeners.remove(slot);
+            self.shared.listeners.fetch_sub(1, Relaxed);
+        }
+    }
+
+    fn dismiss(&self, listeners: &mut Slots, slot: usize) {
+        if let Some(mut listener) = listeners.remove(slot) {
+            let _ = self.poll.registry().deregister(&mut listener.socket);
+        }
+    }
+}
+
+/// One direct listener: its socket and where it is in the stream.
+struct Listener {
+    socket: TcpStream,
+    membership: Membership,
+    encoding: DirectEncoding,
+    chunked: bool,
+    /// Window index of the next frame to send.
+    next: u64,
+    /// The unsent rest of what was begun (part of a chunk, the preamble, the final chunk):
+    /// sent before anything else.
+    pending: Vec<Bytes>,
+    /// Frames still to send, with `frames=N`.
+    remaining_frames: Option<u64>,
+    /// The end of the stream has been queued (it is in `pending`, or was sent).
+    ending: bool,
+    /// Frames skipped that an NDJSON listener has not been told of yet.
+    unreported_skips: u64,
+    /// When the socket last took a byte or had nothing to take.
+    last_progress: Instant,
+    /// The poll said the client sent something or closed its side.
+    client_readable: bool,
+}
+
+/// What the bytes of one write belong to.
+#[derive(Clone, Copy)]
+enum Piece {
+    Pending(usize),
+    Frame(u64),
+    End,
+}
+
+impl Listener {
+    fn new(socket: TcpStream, chunked: bool, stream: DirectStream) -> Listener {
+        let DirectStream {
+            membership,
+            encoding,
+            preamble,
+            frames,
+        } = stream;
+        let pending = preamble
+            .map(|preamble| {
+                if chunked {
+                    encode::http_chunk(&preamble)
+                } else {
+                    preamble
+                }
+            })
+            .into_iter()
+            .collect();
+        Listener {
+            socket,
+            membership,
+            encoding,
+            chunked,
+            next: 0,
+            pending,
+            remaining_frames: frames,
+            ending: false,
+            unreported_skips: 0,
+            last_progress: Instant::now(),
+            client_readable: false,
+        }
+    }
+
+    fn has_unsent(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    /// Sends what the listener has not had. Returns false when it is done with: its stream
+    /// ended, its client went away or it stalled.
+    fn serve(&mut self, window: &Window, round: &Round, tally: &mut Tally) -> bool {
+        if self.client_readable && !self.read_client() {
+            self.end_now(tally);
+            return false;
+        }
+        let end = window.end();
+        let oldest = end.saturating_sub(round.backlog_frames).max(window.first);
+        if self.next < oldest && !self.ending {
+            self.skip(oldest, window, tally);
+        }
+        if !self.ending {
+            self.report_skips(window);
+        }
+        // Skips not yet reported wait for the pending piece to go out, so that the line that
+        // reports them is the next one.
+        let frames = if self.ending || self.unreported_skips > 0 {
+            0
+        } else {
+            let due = (end - self.next).min(MAX_FRAMES_PER_WRITE as u64);
+            self.remaining_frames
+                .map_or(due, |remaining| due.min(remaining))
+        };
+        let ends = !self.ending
+            && (self.remaining_frames == Some(frames) || round.closed && self.next + frames == end);
+
+        let pending = std::mem::take(&mut self.pending);
+        let mut slices = [IoSlice::new(&[]); MAX_PENDING + 1 + MAX_FRAMES_PER_WRITE];
+        let mut pieces = [Piece::End; MAX_PENDING + 1 + MAX_FRAMES_PER_WRITE];
+        let mut count = 0;
+        let queued = pending
+            .iter()
+            .enumerate()
+            .map(|(i, bytes)| (&bytes[..], Piece::Pending(i)))
+            .chain((self.next..self.next + frames).map(|index| {
+                let bytes = self.frame_bytes(window.get(index));
+                (&bytes[..], Piece::Frame(index))
+            }))
+            .chain((ends && self.chunked).then_some((encode::LAST_CHUNK, Piece::End)));
+        for (bytes, piece) in queued {
+            slices[count] = IoSlice::new(bytes);
+            pieces[count] = piece;
+            count += 1;
+        }
+        if count == 0 {
+            self.last_progress = round.now;
+            if self.ending || ends {
+                self.close_gracefully();
+                return false;
+            }
+            return true;
+        }
+
+        let written = match (&self.socket).write_vectored(&slices[..count]) {
+            Ok(written) => written,
+            Err(error)
+                if matches!(
+                    error.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                ) =>
+            {
+                0
+            }
+            Err(error) => {
+                tracing::debug!("a direct listener went away: {error}");
+                return false;
+            }
+        };
+        tally.bytes[self.membership.endpoint() as usize] += written as u64;
+        if written > 0 {
+            self.last_progress = round.now;
+        }
+        self.settle(
+            written,
+            &slices[..count],
+            &pieces[..count],
+            &pending,
+            window,
+            ends,
+        );
+        if self.ending && self.pending.is_empty() {
+            self.close_gracefully();
+            return false;
+        }
+        if round.now.duration_since(self.last_progress) > round.stall_limit {
+            tracing::debug!(
+                "dropping a direct listener whose socket took nothing for {:?}",
+                round.stall_limit
+            );
+            tally.dropped += 1;
+            // Reset, so that the kernel frees the unsent bytes now.
+            let _ = SockRef::from(&self.socket).set_linger(Some(Duration::ZERO));
+            return false;
+        }
+        true
+    }
+
+    /// Reads (and drops) what the client sent. False once the client has shut down its side of
+    /// the connection, or it failed: the stream is over.
+    fn read_client(&mut self) -> bool {
+        let mut scrap = [0; 1024];
+        for _ in 0..MAX_READS {
+            match (&self.socket).read(&mut scrap) {
+                Ok(0) => return false,
+                Ok(_) => {}
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                    self.client_readable = false;
+                    return true;
+                }
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return false,
+            }
+        }
+        true
+    }
+
+    fn frame_bytes<'w>(&self, frame: &'w Frame) -> &'w Bytes {
+        match (self.encoding, self.chunked) {
+            (DirectEncoding::Pcm(format), true) => frame.pcm_chunk(format),
+            (DirectEncoding::Pcm(format), false) => frame.pcm(format),
+            (DirectEncoding::Ndjson, true) => frame.json_chunk(),
+            (DirectEncoding::Ndjson, false) => frame.json_line(),
+        }
+    }
+
+    /// Skips to frame `to`: always, if the listener's next frame has left the window;
+    /// otherwise only between writes, so that a skip never interleaves with a piece begun.
+    fn skip(&mut self, to: u64, window: &Window, tally: &mut Tally) {
+        if self.pending.is_empty() || self.next < window.first {
+            tally.skipped += to - self.next;
+            if let DirectEncoding::Ndjson = self.encoding {
+                self.unreported_skips += to - self.next;
+            }
+            self.next = to;
+        }
+    }
+
+    /// An NDJSON listener's first line after a skip says how many frames it missed: a copy of
+    /// the line, queued as pending.
+    fn report_skips(&mut self, window: &Window) {
+        let DirectEncoding::Ndjson = self.encoding else {
+            return;
+        };
+        if self.unreported_skips == 0
+            || !self.pending.is_empty()
+            || self.next == window.end()
+            || self.remaining_frames == Some(0)
+        {
+            return;
+        }
+        let line = encode::with_skipped(window.get(self.next).json_line(), self.unreported_skips);
+        self.pending.push(if self.chunked {
+            encode::http_chunk(&line)
+        } else {
+            line
+        });
+        self.unreported_skips = 0;
+        self.next += 1;
+        if let Some(remaining) = self.remaining_frames.as_mut() {
+            *remaining -= 1;
+        }
+    }
+
+    /// Accounts for a write of the first `written` bytes of `slices`: what was begun and not
+    /// finished becomes `pending`; frames not begun stay to be sent.
+    fn settle(
+        &mut self,
+        mut written: usize,
+        slices: &[IoSlice<'_>],
+        pieces: &[Piece],
+        old_pending: &[Bytes],
+        window: &Window,
+        ends: bool,
+    ) {
+        let mut pending = Vec::new();
+        let mut next = self.next;
+        let mut all_sent = true;
+        for (slice, piece) in slices.iter().zip(pieces) {
+            let len = slice.len();
+            if written >= len {
+                written -= len;
+                if let Piece::Frame(index) = piece {
+                    next = index + 1;
+                }
+                continue;
+            }
+            all_sent = false;
+            // Begun: its rest must go out before anything else. Not begun: a pending piece
+            // stays pending, a frame stays unsent, the final chunk is queued again.
+            let begun = written > 0;
+            match *piece {
+                Piece::Pending(i) => pending.push(old_pending[i].slice(written..)),
+                Piece::Frame(index) if begun => {
+                    pending.push(self.frame_bytes(window.get(index)).slice(written..));
+                    next = index + 1;
+                }
+                Piece::End if begun => {
+                    pending.push(Bytes::from_static(&encode::LAST_CHUNK[written..]));
+                    self.ending = true;
+                }
+                Piece::Frame(_) | Piece::End => break,
+            }
+            written = 0;
+            if !matches!(piece, Piece::Pending(_)) {
+                break;
+            }
+        }
+        if all_sent && ends {
+            self.ending = true;
+        }
+        if let Some(remaining) = self.remaining_frames.as_mut() {
+            *remaining -= next - self.next;
+        }
+        self.next = next;
+        self.pending = pending;
+    }
+
+    /// Shutdown: finishes the stream now, as far as the socket takes it without waiting.
+    fn end_now(&mut self, tally: &mut Tally) {
+        let mut slices = [IoSlice::new(&[]); MAX_PENDING + 1];
+        let mut count = 0;
+        for bytes in &self.pending {
+            slices[count] = IoSlice::new(bytes);
+            count += 1;
+        }
+        if self.chunked && !self.ending {
+            slices[count] = IoSlice::new(encode::LAST_CHUNK);
+            count += 1;
+        }
+        if let Ok(written) = (&self.socket).write_vectored(&slices[..count]) {
+            tally.bytes[self.membership.endpoint() as usize] += written as u64;
+        }
+        self.close_gracefully();
+    }
+
+    /// Sends FIN after what is queued; the socket closes when the listener drops.
+    fn close_gracefully(&self) {
+        let _ = self.socket.shutdown(Shutdown::Write);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Read;
+    use std::net::{TcpListener, TcpStream as StdStream};
+    use std::sync::atomic::Ordering::Relaxed;
+
+    use super::*;
+    use crate::frame::StreamFormat;
+    use crate::hub::{self, HubLimits};
+
+    const FORMAT: StreamFormat = StreamFormat {
+        rate_hz: 48_000,
+        channels: 2,
+    };
+
+    /// A frame whose samples all say which frame it is.
+    fn frame(seq: u64) -> Arc<Frame> {
+        let samples = vec![seq as f32; 2 * 500].into_boxed_slice();
+        Arc::new(Frame::new(seq, seq * 500, 0.0, FORMAT, samples))
+    }
+
+    /// A fan-out, a listener membership of its own hub, and a connected pair of sockets whose
+    /// client side has a small receive buffer.
+    fn setup(
+        backlog_frames: usize,
+        frame_period: Duration,
+    ) -> (Fanout, Membership, StdStream, StdStream, Arc<Stats>) {
+        let stats = Arc::new(Stats::default());
+        let limits = FanoutLimits {
+            backlog_frames,
+            burst_frames: 0,
+            frame_period,
+        };
+        let fanout = Fanout::start(limits, stats.clone()).unwrap();
+        let (publisher, hub) = hub::hub(
+            HubLimits {
+                backlog_frames,
+                burst_frames: 0,
+                max_listeners: None,
+            },
+            stats.clone(),
+        );
+        let membership = hub.join(Endpoint::Pcm).unwrap();
+        // The hub stays open as long as the test runs: its publisher is leaked on purpose.
+        std::mem::forget(publisher);
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let client =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        client.set_recv_buffer_size(4096).unwrap();
+        client
+            .connect(&listener.local_addr().unwrap().into())
+            .unwrap();
+        let (server, _) = listener.accept().unwrap();
+        (fanout, membership, client.into(), server, stats)
+    }
+
+    /// Decodes a chunked body; panics on a malformed one.
+    fn dechunk(mut body: &[u8]) -> (Vec<u8>, bool) {
+        let mut out = Vec::new();
+        loop {
+            let Some(line_end) = body.windows(2).position(|w| w == b"\r\n") else {
+                return (out, false);
+            };
+            let size = usize::from_str_radix(std::str::from_utf8(&body[..line_end]).unwrap(), 16)
+                .expect("a chunk size");
+            body = &body[line_end + 2..];
+            if size == 0 {
+                assert_eq!(body, b"\r\n", "nothing after the last chunk");
+                return (out, true);
+            }
+            out.extend_from_slice(&body[..size]);
+            assert_eq!(&body[size..size + 2], b"\r\n", "a chunk ends in CRLF");
+            body = &body[size + 2..];
+        }
+    }
+
+    #[test]
+    fn partial_writes_keep_every_chunk_whole_and_every_frame_in_order() {
+        const FRAMES: u64 = 300;
+        let (fanout, membership, mut client, server, stats) =
+            setup(10_000, Duration::from_millis(1));
+        client
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let stream = DirectStream {
+            membership,
+            encoding: DirectEncoding::Pcm(PcmFormat::F32le),
+            preamble: Some(Bytes::from_static(b"HEADER")),
+            frames: Some(FRAMES),
+        };
+        fanout.add(server, true, stream).unwrap();
+        // Published far faster than the client reads: the socket takes most frames in pieces.
+        let publisher = {
+            let fanout = fanout.clone();
+            thread::spawn(move || {
+                for seq in 0..FRAMES + 10 {
+                    fanout.publish(&frame(seq));
+                    thread::sleep(Duration::from_micros(200));
+                }
+            })
+        };
+        let mut body = Vec::new();
+        let mut buffer = [0; 1500];
+        loop {
+            let read = client.read(&mut buffer).unwrap();
+            if read == 0 {
+                break;
+            }
+            body.extend_from_slice(&buffer[..read]);
+            thread::sleep(Duration::from_micros(300));
+        }
+        publisher.join().unwrap();
+        let (data, ended) = dechunk(&body);
+        assert!(ended, "the stream ends with the last chunk");
+        let (header, samples) = data.split_at(6);
+        assert_eq!(header, b"HEADER");
+        let expected: Vec<u8> = (0..FRAMES)
+            .flat_map(|seq| frame(seq).pcm(PcmFormat::F32le).to_vec())
+            .collect();
+        assert!(samples == expected, "every frame, whole and in order");
+        assert_eq!(stats.listeners_dropped.load(Relaxed), 0);
+        fanout.stop();
+        fanout.join();
+    }
+
+    #[test]
+    fn a_listener_whose_socket_takes_nothing_is_dropped_and_counted() {
+        let period = Duration::from_millis(2);
+        let backlog = 20;
+        let (fanout, membership, client, server, stats) = setup(backlog, period);
+        let stream = DirectStream {
+            membership,
+            encoding: DirectEncoding::Pcm(PcmFormat::F32le),
+            preamble: None,
+            frames: None,
+        };
+        fanout.add(server, true, stream).unwrap();
+        let started = Instant::now();
+        let mut seq = 0;
+        while stats.listeners_current.load(Relaxed) > 0 {
+            assert!(started.elapsed() < Duration::from_secs(10), "never dropped");
+            fanout.publish(&frame(seq));
+            seq += 1;
+            thread::sleep(period);
+        }
+        assert_eq!(stats.listeners_dropped.load(Relaxed), 1);
+        assert_eq!(fanout.listeners(), 0);
+        // The client sees the reset once it reads past what was buffered.
+        let mut client = client;
+        client
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut buffer = [0; 64 * 1024];
+        let error = loop {
+            match client.read(&mut buffer) {
+                Ok(0) => panic!("closed without a reset"),
+                Ok(_) => {}
+                Err(error) => break error,
+            }
+        };
+        assert_eq!(error.kind(), io::ErrorKind::ConnectionReset);
+        fanout.stop();
+        fanout.join();
+    }
+}
