@@ -30,6 +30,7 @@ pub mod frame;
 pub mod framer;
 pub mod http;
 pub mod hub;
+pub mod memory;
 pub mod ring;
 pub mod server;
 pub mod source;
@@ -113,6 +114,7 @@ impl Pcmcast {
 
         // The threads stop on `stop`: on shutdown, or once the server is done.
         let stop = shutdown.child_token();
+        tokio::spawn(memory::release_when_quiet(stats.clone(), stop.clone()));
         let source_ended = CancellationToken::new();
         let frame_len_samples = settings.frame_size_samples * usize::from(format.channels);
         let half_second = format.rate_hz as usize / 2 * usize::from(format.channels);

@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
+    pcmcast::memory::use_one_arena();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         // --help and --version: print to stdout and succeed.
