@@ -140,6 +140,7 @@ struct ShardShared {
     /// Listeners this shard serves or is about to.
     listeners: AtomicUsize,
     window_frames: usize,
+    burst_frames: usize,
 }
 
 /// What the other threads leave for a shard.
@@ -163,6 +164,7 @@ impl Fanout {
                 inbox: Mutex::default(),
                 listeners: AtomicUsize::new(0),
                 window_frames: limits.backlog_frames.max(limits.burst_frames) + 1,
+                burst_frames: limits.burst_frames,
             });
             let poll = Poll::new()?;
             let waker = Waker::new(poll.registry(), WAKER)?;
@@ -192,13 +194,19 @@ impl Fanout {
     pub fn publish(&self, frame: &Arc<Frame>) {
         for shard in &self.inner.shards {
             let mut inbox = lock(&shard.shared.inbox);
-            if inbox.frames.len() == shard.shared.window_frames {
+            let busy = !inbox.joining.is_empty() || shard.shared.listeners.load(Relaxed) > 0;
+            // A shard without listeners is not woken: it keeps only the burst for the next
+            // listener, here, and no frame longer than that.
+            let keep = if busy {
+                shard.shared.window_frames
+            } else {
+                shard.shared.burst_frames
+            };
+            inbox.frames.push_back(frame.clone());
+            while inbox.frames.len() > keep {
                 inbox.frames.pop_front();
             }
-            inbox.frames.push_back(frame.clone());
-            let busy = !inbox.joining.is_empty() || shard.shared.listeners.load(Relaxed) > 0;
             drop(inbox);
-            // A shard without listeners collects frames (for the burst) without waking.
             if busy {
                 shard.wake();
             }
@@ -487,9 +495,8 @@ impl Shard {
                 self.shared.listeners.fetch_sub(left, Relaxed);
             }
             if listeners.iter().next().is_none() {
-                // Idle, the shard is not woken for frames, which collect in its inbox (the
-                // burst for the next listener comes from there): the window would only keep
-                // stale frames and their encodings.
+                // Idle, the shard is not woken for frames; the burst for the next listener
+                // waits in its inbox. The window would only keep stale frames and encodings.
                 window.clear();
                 if closed {
                     self.drained.notify_one();
