@@ -7,9 +7,9 @@
 //! The pipeline, one module per stage:
 //!
 //! ```text
-//! source::{capture, wav, tone} ──push──▶ ring (SPSC, lock-free) ──pop──▶ framer ──▶ hub ──▶ http
-//!   paced, own thread            overflow: count, drop           thread    broadcast   one body per
-//!                                                                          of Arc<Frame> listener
+//! source::{capture, wav, tone, relay} ──push──▶ ring (SPSC, lock-free) ──pop──▶ framer ──▶ hub ──▶ http
+//!   paced, own thread                  overflow: count, drop           thread    broadcast   one body per
+//!                                                                                of Arc<Frame> listener
 //! ```
 //!
 //! - [`config`]: command line and validated [`Settings`].
