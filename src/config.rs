@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::frame::StreamFormat;
 use crate::source::SourceSpec;
 use crate::source::capture::DeviceChoice;
+use crate::source::relay::RelayUrl;
 
 const ABOUT: &str = "Capture audio once and stream it to any number of HTTP listeners";
 
@@ -27,6 +28,7 @@ Examples:
   pcmcast --input alsa:hw:1,0 --rate 44100 capture another device (id or part of its name)
   pcmcast --wav talk.wav --loop            replay a file forever on http://127.0.0.1:8000/
   pcmcast --tone 440 --rate 48000          a 440 Hz test sine
+  pcmcast --relay http://10.0.0.2:8000     relay another pcmcast's /stream.pcm (a LAN tree)
   pcmcast --bind 0.0.0.0:8000              serve the LAN (default: loopback only)
 
 Listen:
@@ -54,14 +56,15 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Capture and serve (the default when no subcommand is given)
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// List input devices: id, name, default configuration and supported configurations
     Devices,
 }
 
 /// What the command line asks for.
 pub enum Action {
-    Serve(ServeArgs),
+    /// Boxed: the arguments are large and this enum's other variant is empty.
+    Serve(Box<ServeArgs>),
     ListDevices,
 }
 
@@ -70,7 +73,7 @@ impl Cli {
         match self.command {
             Some(Command::Serve(args)) => Action::Serve(args),
             Some(Command::Devices) => Action::ListDevices,
-            None => Action::Serve(self.serve),
+            None => Action::Serve(Box::new(self.serve)),
         }
     }
 
@@ -78,7 +81,7 @@ impl Cli {
     /// another subcommand.
     pub fn into_serve_args(self) -> Option<ServeArgs> {
         match self.into_action() {
-            Action::Serve(args) => Some(args),
+            Action::Serve(args) => Some(*args),
             Action::ListDevices => None,
         }
     }
@@ -89,7 +92,7 @@ pub struct ServeArgs {
     /// Capture from this input device: a cpal id (e.g. alsa:hw:1,0, see `pcmcast devices`),
     /// a case-insensitive part of its name, or "default" [default: the default input device,
     /// or the bundled demo recording where there is none]
-    #[arg(long, value_name = "DEVICE", env = "PCMCAST_INPUT", conflicts_with_all = ["wav", "tone"])]
+    #[arg(long, value_name = "DEVICE", env = "PCMCAST_INPUT", conflicts_with_all = ["wav", "tone", "relay"])]
     pub input: Option<String>,
 
     /// Replay this WAV file in real time (8/16/24/32-bit integer or 32-bit float, any rate)
@@ -97,7 +100,7 @@ pub struct ServeArgs {
         long,
         value_name = "PATH",
         env = "PCMCAST_WAV",
-        conflicts_with = "tone"
+        conflicts_with_all = ["tone", "relay"]
     )]
     pub wav: Option<PathBuf>,
 
@@ -107,8 +110,30 @@ pub struct ServeArgs {
     pub looping: bool,
 
     /// Generate a sine of this frequency at -6 dBFS instead of capturing
-    #[arg(long, value_name = "HZ", env = "PCMCAST_TONE")]
+    #[arg(
+        long,
+        value_name = "HZ",
+        env = "PCMCAST_TONE",
+        conflicts_with = "relay"
+    )]
     pub tone: Option<f64>,
+
+    /// Relay another pcmcast: serve the stream at this URL, an upstream pcmcast's
+    /// http://HOST:PORT/stream.pcm (the default path), at the upstream's rate and channels, so
+    /// that pcmcasts fan out as a tree on a LAN. Plain http:// only
+    ///
+    /// When the upstream goes away, /status says reconnecting, /healthz answers 503, listeners
+    /// stay connected and pcmcast reconnects with backoff; an outage over 0.5 s shows as a seq
+    /// jump. An upstream that comes back with another rate or channel count is refused until it
+    /// matches again. An upstream's --token goes in the URL as ?token=TOKEN: give the URL in
+    /// PCMCAST_RELAY, which `ps` does not show.
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "PCMCAST_RELAY",
+        hide_env_values = true
+    )]
+    pub relay: Option<RelayUrl>,
 
     /// Sample rate to capture (device default if not given) or to generate with --tone
     /// [tone default: 48000]
@@ -200,6 +225,8 @@ pub enum ConfigError {
     ToneOutOfRange { hz: f64, nyquist_hz: f64 },
     #[error("--rate and --channels do not apply to --wav: a WAV file brings its own")]
     FormatWithWav,
+    #[error("--rate and --channels do not apply to --relay: the upstream's stream brings its own")]
+    FormatWithRelay,
     #[error("--token must not be empty")]
     EmptyToken,
     #[error("--cors-origin must be * or an origin such as https://example.org, got '{0}'")]
@@ -221,8 +248,9 @@ impl TryFrom<ServeArgs> for Settings {
                 backlog: args.backlog,
             });
         }
-        let source = match (args.tone, args.wav, args.input) {
-            (Some(hz), _, _) => {
+        let with_format = args.rate.is_some() || args.channels.is_some();
+        let source = match (args.tone, args.wav, args.relay, args.input) {
+            (Some(hz), ..) => {
                 let format = StreamFormat {
                     rate_hz: args.rate.unwrap_or(DEFAULT_RATE_HZ),
                     channels: args.channels.unwrap_or(DEFAULT_CHANNELS),
@@ -233,14 +261,14 @@ impl TryFrom<ServeArgs> for Settings {
                 }
                 SourceSpec::Tone { hz, format }
             }
-            (None, Some(_), _) if args.rate.is_some() || args.channels.is_some() => {
-                return Err(ConfigError::FormatWithWav);
-            }
-            (None, Some(path), _) => SourceSpec::Wav {
+            (None, Some(_), ..) if with_format => return Err(ConfigError::FormatWithWav),
+            (None, Some(path), ..) => SourceSpec::Wav {
                 path,
                 looping: args.looping,
             },
-            (None, None, input) => SourceSpec::Capture {
+            (None, None, Some(_), _) if with_format => return Err(ConfigError::FormatWithRelay),
+            (None, None, Some(url), _) => SourceSpec::Relay { url },
+            (None, None, None, input) => SourceSpec::Capture {
                 fallback_to_demo: input.is_none(),
                 device: match input {
                     Some(name) => DeviceChoice::Named(name),
@@ -348,6 +376,16 @@ mod tests {
     }
 
     #[test]
+    fn relay_takes_a_url() {
+        let s = settings(&["--relay", "http://10.0.0.2:8000/stream.pcm?token=t"]).unwrap();
+        let SourceSpec::Relay { url } = s.source else {
+            panic!("a relay: {:?}", s.source)
+        };
+        assert_eq!(url.to_string(), "http://10.0.0.2:8000/stream.pcm");
+        assert_eq!(url.target(), "/stream.pcm?token=t&format=f32le");
+    }
+
+    #[test]
     fn bad_values_are_refused_with_the_reason() {
         let cases: &[(&[&str], &str)] = &[
             (&["--tone", "30000"], "below half the sample rate"),
@@ -370,6 +408,24 @@ mod tests {
             (&["--cors-origin", "example.org/x"], "--cors-origin"),
             (&["--max-listeners", "0"], "--max-listeners"),
             (&["--wav", "a.wav", "--tone", "440"], "cannot be used with"),
+            (
+                &["--relay", "http://h:1", "--wav", "a.wav"],
+                "cannot be used with",
+            ),
+            (
+                &["--relay", "http://h:1", "--tone", "440"],
+                "cannot be used with",
+            ),
+            (
+                &["--relay", "http://h:1", "--input", "mic"],
+                "cannot be used with",
+            ),
+            (
+                &["--relay", "http://h:1", "--rate", "8000"],
+                "do not apply to --relay",
+            ),
+            (&["--relay", "https://h/stream.pcm"], "only plain http://"),
+            (&["--relay", "h:8000"], "expected a URL such as"),
         ];
         for (args, expected) in cases {
             let error = settings(args).expect_err(&format!("{args:?} must fail"));

@@ -7,9 +7,9 @@
 //! The pipeline, one module per stage:
 //!
 //! ```text
-//! source::{capture, wav, tone} ──push──▶ ring (SPSC, lock-free) ──pop──▶ framer ──▶ hub ─┬─▶ fanout: PCM, WAV, NDJSON
-//!   paced, own thread            overflow: count, drop           thread    broadcast  │   sockets written directly
-//!                                                                          of Arc<Frame>└─▶ http: SSE, WebSocket bodies
+//! source::{capture, wav, tone, relay} ──push──▶ ring (SPSC, lock-free) ──pop──▶ framer ──▶ hub ─┬─▶ fanout: PCM, WAV, NDJSON
+//!   paced, own thread                  overflow: count, drop           thread    broadcast  │   sockets written directly
+//!                                                                                of Arc<Frame>└─▶ http: SSE, WebSocket bodies
 //! ```
 //!
 //! - [`config`]: command line and validated [`Settings`].

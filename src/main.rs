@@ -43,7 +43,7 @@ fn main() -> ExitCode {
         }
     };
     let result = match cli.into_action() {
-        Action::Serve(args) => runtime.block_on(serve(args)),
+        Action::Serve(args) => runtime.block_on(serve(*args)),
         Action::ListDevices => list_devices(),
     };
     // Streams that outlived the grace period are dropped here instead of being waited for.

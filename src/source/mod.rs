@@ -2,13 +2,16 @@
 //!
 //! A source is opened (and validated) before the server binds, so bad input fails fast, then
 //! started on its own thread where it runs from start-up whether or not anyone listens. Live
-//! capture is driven by the device's clock ([`capture`]); the file and synthetic sources are
-//! [`Generator`]s driven by [`run_paced`], which produces exactly as many samples as the
-//! monotonic clock says are due, waking when each frame's last sample is due.
+//! capture is driven by the device's clock ([`capture`]), a relay by its upstream's pace
+//! ([`relay`]); both reopen what fails with the same `backoff`. The file and synthetic
+//! sources are [`Generator`]s driven by [`run_paced`], which produces exactly as many samples
+//! as the monotonic clock says are due, waking when each frame's last sample is due.
 
+mod backoff;
 pub mod capture;
 pub mod convert;
 mod pacer;
+pub mod relay;
 pub mod tone;
 pub mod wav;
 
@@ -24,6 +27,7 @@ use crate::ring::RingWriter;
 use crate::stats::Stats;
 use capture::{Capture, CaptureError, DeviceChoice};
 pub use pacer::Pacer;
+use relay::{Relay, RelayError, RelayUrl};
 
 /// Which source to run, as chosen on the command line.
 #[derive(Clone, Debug, PartialEq)]
@@ -46,14 +50,19 @@ pub enum SourceSpec {
         hz: f64,
         format: StreamFormat,
     },
+    /// Another pcmcast's stream.
+    Relay {
+        url: RelayUrl,
+    },
 }
 
 /// What `/status` says about the source.
 #[derive(Clone, Debug)]
 pub struct SourceInfo {
-    /// `capture`, `wav`, `tone` or `demo`.
+    /// `capture`, `wav`, `tone`, `demo` or `relay`.
     pub kind: &'static str,
-    /// Human-readable: the file path or the tone's description.
+    /// Human-readable: the device, the file path, the tone's description or the upstream URL
+    /// (without its query, which may carry a token).
     pub name: String,
     pub format: StreamFormat,
 }
@@ -70,6 +79,13 @@ pub enum SourceError {
     WavUnusable { path: PathBuf, reason: String },
     #[error(transparent)]
     Capture(#[from] CaptureError),
+    #[error("cannot relay {url}")]
+    Relay {
+        /// The URL as shown (without its query).
+        url: String,
+        #[source]
+        source: RelayError,
+    },
     #[error("cannot start the source thread")]
     Thread(#[source] std::io::Error),
 }
@@ -90,6 +106,7 @@ pub struct OpenSource {
 enum Producer {
     Paced(Box<dyn Generator>),
     Capture(Capture),
+    Relay(Relay),
 }
 
 impl OpenSource {
@@ -124,6 +141,16 @@ impl OpenSource {
             SourceSpec::Demo => wav::open_demo(),
             SourceSpec::Wav { path, looping } => wav::open_file(path, *looping),
             SourceSpec::Tone { hz, format } => Ok(tone::open(*hz, *format)),
+            SourceSpec::Relay { url } => match relay::open(url) {
+                Ok(relay) => Ok(OpenSource {
+                    info: relay.info.clone(),
+                    producer: Producer::Relay(relay),
+                }),
+                Err(source) => Err(SourceError::Relay {
+                    url: url.to_string(),
+                    source,
+                }),
+            },
         }
     }
 
@@ -146,6 +173,9 @@ impl OpenSource {
             }
             Producer::Capture(capture) => {
                 thread.spawn(move || capture.supervise(writer, &stats, &cancel))
+            }
+            Producer::Relay(relay) => {
+                thread.spawn(move || relay.supervise(writer, &stats, &cancel))
             }
         }
         .map_err(SourceError::Thread)

@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 mod device;
 
 use super::SourceInfo;
+use super::backoff::{Backoff, sleep_unless_cancelled};
 use super::convert::CaptureSample;
 use crate::frame::StreamFormat;
 use crate::ring::RingWriter;
@@ -169,8 +170,6 @@ impl Drop for Lease {
 const FIRST_CALLBACK_LIMIT: Duration = Duration::from_secs(3);
 const SILENCE_LIMIT: Duration = Duration::from_millis(500);
 const WATCH_INTERVAL: Duration = Duration::from_millis(20);
-const FIRST_BACKOFF: Duration = Duration::from_millis(100);
-const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
 impl Capture {
     /// Runs capture on the calling thread until `cancel` fires, reopening the device with
@@ -178,7 +177,7 @@ impl Capture {
     pub fn supervise(self, writer: RingWriter, stats: &Stats, cancel: &CancellationToken) {
         let _quiet = QuietAlsa::new();
         let home = Arc::new(Mutex::new(Some(writer)));
-        let mut backoff = FIRST_BACKOFF;
+        let mut backoff = Backoff::new();
         while !cancel.is_cancelled() {
             let activity = Arc::new(Activity::default());
             let lease = Lease {
@@ -195,12 +194,12 @@ impl Capture {
             };
             let Some(fault) = fault else { return };
             if activity.callbacks.load(Relaxed) > 0 {
-                backoff = FIRST_BACKOFF;
+                backoff.reset();
             }
             stats.set_source_state(SourceState::Reconnecting);
-            tracing::warn!(device = %self.info.name, "capture failed: {fault}; reopening in {backoff:?}");
-            sleep_unless_cancelled(backoff, cancel);
-            backoff = (backoff * 2).min(MAX_BACKOFF);
+            let delay = backoff.next_delay();
+            tracing::warn!(device = %self.info.name, "capture failed: {fault}; reopening in {delay:?}");
+            sleep_unless_cancelled(delay, cancel);
         }
     }
 
@@ -276,16 +275,5 @@ fn watch(activity: &Activity, stats: &Stats, cancel: &CancellationToken) -> Opti
         } else if seen > 0 && now - last_change > SILENCE_LIMIT {
             return Some(format!("no audio for {SILENCE_LIMIT:?}"));
         }
-    }
-}
-
-fn sleep_unless_cancelled(duration: Duration, cancel: &CancellationToken) {
-    let until = Instant::now() + duration;
-    while !cancel.is_cancelled() {
-        let left = until.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return;
-        }
-        thread::sleep(left.min(WATCH_INTERVAL));
     }
 }
