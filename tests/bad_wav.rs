@@ -281,21 +281,7 @@ fn check_refused(path: &Path, problem: &str) -> Result<String, String> {
 
 /// Checks every (path, problem) at once and fails with all that went wrong.
 fn assert_all_refused(cases: &[(PathBuf, &str)]) {
-    let results: Vec<Result<String, String>> = std::thread::scope(|scope| {
-        let runs: Vec<_> = cases
-            .iter()
-            .map(|(path, problem)| scope.spawn(move || check_refused(path, problem)))
-            .collect();
-        runs.into_iter().map(|run| run.join().unwrap()).collect()
-    });
-    let mut failures = Vec::new();
-    for result in results {
-        match result {
-            Ok(line) => println!("{line}"),
-            Err(failure) => failures.push(failure),
-        }
-    }
-    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+    common::check_all(cases, |(path, problem)| check_refused(path, problem));
 }
 
 /// The committed files are exactly what `corpus()` makes, each at most a few hundred bytes, and

@@ -61,21 +61,9 @@ fn check_refused(args: &[&str], needles: &[&str]) -> Result<String, String> {
 
 /// Runs every case at once and fails with all that went wrong.
 fn assert_all_refused(cases: &[(Vec<&str>, Vec<&str>)]) {
-    let results: Vec<Result<String, String>> = std::thread::scope(|scope| {
-        let runs: Vec<_> = cases
-            .iter()
-            .map(|(args, needles)| scope.spawn(move || check_refused(args, needles)))
-            .collect();
-        runs.into_iter().map(|run| run.join().unwrap()).collect()
+    common::check_all(cases, |(args, needles)| {
+        check_refused(args, needles).map(|line| format!("refused: {line}"))
     });
-    let mut failures = Vec::new();
-    for result in results {
-        match result {
-            Ok(line) => println!("refused: {line}"),
-            Err(failure) => failures.push(failure),
-        }
-    }
-    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }
 
 fn path_str(path: &Path) -> &str {

@@ -465,19 +465,7 @@ fn bad_relay_urls_fail_at_once_with_one_line() {
             Duration::from_secs(5),
         ),
     ];
-    let results: Vec<Result<String, String>> = std::thread::scope(|scope| {
-        let runs: Vec<_> = cases
-            .iter()
-            .map(|(url, needles, limit)| scope.spawn(move || check_refused(url, needles, *limit)))
-            .collect();
-        runs.into_iter().map(|run| run.join().unwrap()).collect()
+    common::check_all(&cases, |(url, needles, limit)| {
+        check_refused(url, needles, *limit).map(|line| format!("refused in {line}"))
     });
-    let mut failures = Vec::new();
-    for result in results {
-        match result {
-            Ok(line) => println!("refused in {line}"),
-            Err(failure) => failures.push(failure),
-        }
-    }
-    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }

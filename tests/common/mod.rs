@@ -19,6 +19,27 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+/// Runs `check` on every case at once, a thread each (the cases are separate processes that
+/// mostly wait), prints what each passing case returned and fails with every failure.
+pub fn check_all<C: Sync>(cases: &[C], check: impl Fn(&C) -> Result<String, String> + Sync) {
+    let check = &check;
+    let results: Vec<Result<String, String>> = std::thread::scope(|scope| {
+        let runs: Vec<_> = cases
+            .iter()
+            .map(|case| scope.spawn(move || check(case)))
+            .collect();
+        runs.into_iter().map(|run| run.join().unwrap()).collect()
+    });
+    let mut failures = Vec::new();
+    for result in results {
+        match result {
+            Ok(line) => println!("{line}"),
+            Err(failure) => failures.push(failure),
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
 /// A pcmcast running inside the test process, on an ephemeral loopback port.
 pub struct Server {
     pub addr: SocketAddr,
