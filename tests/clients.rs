@@ -152,7 +152,7 @@ async fn curl_prints_exactly_the_json_lines_asked_for() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn curl_counts_exactly_n_frames_of_pcm() {
+async fn curl_counts_exactly_n_frames_of_pcm_over_http_1_1_and_1_0() {
     let (channels, frame_size, frames) = (3usize, 441usize, 7usize);
     let server = common::start(&[
         "--tone",
@@ -173,15 +173,18 @@ async fn curl_counts_exactly_n_frames_of_pcm() {
         (format!("/stream.wav?frames={frames}&format=f32le"), 4, 44),
     ];
     let mut counts = tokio::task::JoinSet::new();
-    for (path, bytes_per_sample, header) in streams {
-        let url = server.url(&path);
-        counts.spawn(async move {
-            let output = run("curl", vec!["-sN".into(), url]).await;
-            assert!(succeeded(&output), "curl {path}: {output:?}");
-            let expected = header + frames * frame_size * channels * bytes_per_sample;
-            println!("curl {path}: {} bytes", output.stdout.len());
-            assert_eq!(output.stdout.len(), expected, "{path}");
-        });
+    // HTTP/1.1 bodies are chunked; HTTP/1.0 ones end when the server closes the connection.
+    for version in ["--http1.1", "--http1.0"] {
+        for (path, bytes_per_sample, header) in streams.clone() {
+            let url = server.url(&path);
+            counts.spawn(async move {
+                let output = run("curl", vec!["-sN".into(), version.into(), url]).await;
+                assert!(succeeded(&output), "curl {version} {path}: {output:?}");
+                let expected = header + frames * frame_size * channels * bytes_per_sample;
+                println!("curl {version} {path}: {} bytes", output.stdout.len());
+                assert_eq!(output.stdout.len(), expected, "{version} {path}");
+            });
+        }
     }
     while let Some(joined) = counts.join_next().await {
         if let Err(error) = joined {
