@@ -18,6 +18,11 @@ use bytes::Bytes;
 use crate::encode::{self, PcmFormat};
 use crate::frame::{Frame, StreamFormat};
 
+/// Icecast 2.4 stores a stream of a format it does not parse (its generic handler) in blocks of
+/// this many bytes, counted from the start of the source's connection, and starts each new
+/// listener (and each relay) at one of them.
+const ICECAST_GENERIC_BLOCK_BYTES: usize = 1400;
+
 /// The encodings pcmcast can push, chosen by `--icecast-format` or the mount's extension.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum PushFormat {
@@ -65,6 +70,19 @@ impl PushFormat {
             PushFormat::Pcm => "application/octet-stream",
             PushFormat::Wav => "audio/wav",
         }
+    }
+
+    /// Whether every listener that joins Icecast's mount late starts on a whole sample frame:
+    /// true when Icecast's blocks (`ICECAST_GENERIC_BLOCK_BYTES`) and the header both
+    /// end on one, e.g. s16le with 1, 2, 4, 5 or 7 channels; false with 3 or 6.
+    pub fn aligned_for_late_listeners(self, format: StreamFormat) -> bool {
+        let sample_frame_bytes = 2 * usize::from(format.channels);
+        let header_bytes = match self {
+            PushFormat::Pcm => 0,
+            PushFormat::Wav => 44,
+        };
+        ICECAST_GENERIC_BLOCK_BYTES % sample_frame_bytes == 0
+            && header_bytes % sample_frame_bytes == 0
     }
 
     /// A new encoder for one connection.
@@ -123,6 +141,27 @@ mod tests {
                 Err(FormatError::NotYet(compressed.to_owned()))
             );
         }
+    }
+
+    #[test]
+    fn late_listeners_are_aligned_when_icecast_blocks_hold_whole_sample_frames() {
+        let aligned = |format: PushFormat, channels| {
+            format.aligned_for_late_listeners(StreamFormat {
+                rate_hz: 48_000,
+                channels,
+            })
+        };
+        for channels in [1, 2, 4, 5, 7] {
+            assert!(aligned(PushFormat::Pcm, channels), "{channels} channels");
+        }
+        for channels in [3, 6, 8] {
+            assert!(!aligned(PushFormat::Pcm, channels), "{channels} channels");
+        }
+        assert!(aligned(PushFormat::Wav, 2));
+        assert!(
+            !aligned(PushFormat::Wav, 5),
+            "the 44-byte header shifts 10-byte frames"
+        );
     }
 
     #[test]

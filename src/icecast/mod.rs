@@ -177,6 +177,15 @@ pub async fn push(
         &stream.description,
     );
     let url = &status.url;
+    if !settings.format.aligned_for_late_listeners(stream.format) {
+        tracing::warn!(
+            icecast = %url,
+            "with {} channels, listeners who join Icecast's mount after the start may begin in \
+             the middle of a sample: Icecast cuts {} streams into 1400-byte blocks",
+            stream.format.channels,
+            settings.format.name()
+        );
+    }
     let mut backoff = Backoff::new();
     loop {
         status.set_state(PushState::Connecting);
@@ -230,4 +239,144 @@ fn cause_chain(error: &PushError) -> String {
         source = cause.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+
+    use super::*;
+    use crate::encode::{self, PcmFormat};
+    use crate::frame::Frame;
+    use crate::hub::{self, HubLimits, Publisher};
+    use crate::stats::Stats;
+
+    const FORMAT: StreamFormat = StreamFormat {
+        rate_hz: 8_000,
+        channels: 2,
+    };
+
+    /// Accepts the push's next connection, reads its request head and answers `answer`.
+    async fn accept(listener: &TcpListener, answer: &[u8]) -> (TcpStream, String) {
+        let (mut socket, _) = listener.accept().await.unwrap();
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            let mut byte = [0u8];
+            socket.read_exact(&mut byte).await.unwrap();
+            head.push(byte[0]);
+        }
+        socket.write_all(answer).await.unwrap();
+        (socket, String::from_utf8(head).unwrap())
+    }
+
+    /// Publishes frames until `count` bytes of body have come, and returns them.
+    async fn body(socket: &mut TcpStream, publisher: &Publisher, count: usize) -> Vec<u8> {
+        let mut received = vec![0u8; count];
+        let mut filled = 0;
+        for seq in 0.. {
+            let samples: Vec<f32> = (0..8).map(|i| (seq * 8 + i) as f32 / 1024.0).collect();
+            publisher.publish(Frame::new(seq, seq * 4, 0.0, FORMAT, samples.into()));
+            let read = tokio::time::timeout(
+                Duration::from_millis(20),
+                socket.read(&mut received[filled..]),
+            );
+            if let Ok(read) = read.await {
+                filled += read.unwrap();
+            }
+            if filled == count {
+                break;
+            }
+        }
+        received
+    }
+
+    async fn wait_for(what: &str, ready: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !ready() {
+            assert!(Instant::now() < deadline, "waited 5 s for {what}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Every connection's body is the encoder's header, then raw frames; a refusal is retried
+    /// and reported; the push stops on cancellation.
+    #[tokio::test]
+    async fn each_connection_starts_with_the_header_and_refusals_are_retried() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let settings = IcecastSettings {
+            url: format!("http://source:pw@127.0.0.1:{port}/live.wav")
+                .parse()
+                .unwrap(),
+            format: PushFormat::Wav,
+        };
+        let (publisher, hub) = hub::hub(
+            HubLimits {
+                backlog_frames: 64,
+                burst_frames: 0,
+                max_listeners: None,
+            },
+            Arc::new(Stats::default()),
+        );
+        let status = Arc::new(PushStatus::new(&settings));
+        let cancel = CancellationToken::new();
+        let stream = PushStream {
+            hub,
+            format: FORMAT,
+            description: "test".to_owned(),
+        };
+        let task = tokio::spawn({
+            let (status, cancel) = (status.clone(), cancel.clone());
+            async move { push(settings, stream, &status, cancel).await }
+        });
+        let header = encode::wav_header(PcmFormat::S16le, FORMAT.rate_hz, FORMAT.channels);
+
+        let refusal = b"HTTP/1.0 401 Authentication Required\r\n\r\nYou need to authenticate\r\n";
+        let (refused, head) = accept(&listener, refusal).await;
+        assert!(head.starts_with("PUT /live.wav HTTP/1.1\r\n"), "{head}");
+        assert!(head.contains("Content-Type: audio/wav\r\n"), "{head}");
+        drop(refused);
+        wait_for("the refusal", || status.state() == PushState::Retrying).await;
+        let error = status.last_error().unwrap();
+        assert!(
+            error.contains("401") && error.contains("You need to authenticate"),
+            "{error}"
+        );
+
+        for connection in 1..=2u64 {
+            let (mut socket, _) = accept(&listener, b"HTTP/1.0 200 OK\r\n\r\n").await;
+            wait_for("the connection", || {
+                status.connects.load(Relaxed) == connection
+            })
+            .await;
+            let frame_bytes = 8 * 2;
+            let received = body(&mut socket, &publisher, header.len() + 3 * frame_bytes).await;
+            assert_eq!(
+                &received[..header.len()],
+                &header[..],
+                "connection {connection}"
+            );
+            let samples: Vec<i16> = received[header.len()..]
+                .chunks_exact(2)
+                .map(|b| i16::from_le_bytes([b[0], b[1]]))
+                .collect();
+            let first = samples[0];
+            assert_eq!(first % 256, 0, "the body starts on a frame: {samples:?}");
+            for (i, &sample) in samples.iter().enumerate() {
+                assert_eq!(sample, first + 32 * i as i16, "raw s16le, no chunk framing");
+            }
+            assert_eq!(status.state(), PushState::Streaming);
+            // Icecast goes away: the push reconnects.
+        }
+        assert!(status.bytes_sent.load(Relaxed) >= 2 * header.len() as u64);
+        cancel.cancel();
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("the push stops on cancellation")
+            .unwrap();
+        assert_eq!(status.state(), PushState::Stopped);
+    }
 }
