@@ -179,7 +179,8 @@ impl Hub {
 
     /// Subscribes pcmcast's own consumer of the frames (the Icecast push): it is skipped
     /// forward like a listener when it falls behind, but it is not a listener, so it is neither
-    /// counted in the listener stats nor refused by `max_listeners`.
+    /// counted in the listener stats (nor its skips in `frames_skipped`) nor refused by
+    /// `max_listeners`.
     pub fn tap(&self) -> Result<Subscription, SubscribeError> {
         let sender = self.sender.upgrade().ok_or(SubscribeError::Ended)?;
         Ok(self.subscription(sender, None))
@@ -264,7 +265,8 @@ impl Stream for Subscription {
         let (delivery, receiver) = std::task::ready!(self.next.poll(cx));
         match delivery {
             Some(delivery) => {
-                if delivery.skipped > 0 {
+                // A tap's skips are its own to count: it is not a listener.
+                if delivery.skipped > 0 && self.membership.is_some() {
                     self.shared
                         .stats
                         .frames_skipped
@@ -428,7 +430,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_tap_gets_every_frame_without_counting_as_a_listener() {
+    async fn a_tap_is_skipped_forward_without_counting_as_a_listener() {
         let stats = Arc::new(Stats::default());
         let (publisher, hub) = hub(
             HubLimits {
@@ -445,12 +447,20 @@ mod tests {
                 .load(std::sync::atomic::Ordering::Relaxed),
             1
         );
-        for seq in 0..3 {
+        for seq in 0..20 {
             publisher.publish(frame(seq));
         }
         drop(publisher);
-        let seqs: Vec<u64> = tap.map(|d| d.frame.seq).collect().await;
-        assert_eq!(seqs, vec![0, 1, 2]);
+        let deliveries: Vec<(u64, u64)> = tap.map(|d| (d.frame.seq, d.skipped)).collect().await;
+        assert_eq!(deliveries[0], (12, 12), "skipped forward to the backlog");
+        assert_eq!(deliveries.len(), 8);
+        assert_eq!(
+            stats
+                .frames_skipped
+                .load(std::sync::atomic::Ordering::Relaxed),
+            0,
+            "not counted with the listeners' skips"
+        );
         assert!(hub.tap().is_err(), "a closed hub refuses taps too");
         assert_eq!(
             stats

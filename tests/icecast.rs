@@ -3,7 +3,9 @@
 //! tone, and so does a listener of a second Icecast that relays the first; when Icecast is
 //! killed and restarted on the same port pcmcast says `retrying`, then pushes again by itself;
 //! a wrong password (401) and a mount already taken (403) show in `/status` while pcmcast keeps
-//! serving its own endpoints; the password is never shown; a bad URL fails at once.
+//! serving its own endpoints; the password is never shown; a bad URL fails at once; SIGTERM
+//! ends the push cleanly; an Icecast that reads too slowly is skipped forward, one that stops
+//! reading is dropped, and listeners of pcmcast notice neither.
 //!
 //! No test sleeps to synchronise: each polls `/status` or Icecast's `/status-json.xsl` with a
 //! deadline, and every wait is bounded.
@@ -11,11 +13,14 @@
 mod common;
 
 use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use common::api::{Api, STEP, send, within};
 use common::icecast::{Icecast, Relay, free_port};
 use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const MOUNT: &str = "/live";
 const RATE_HZ: u32 = 48_000;
@@ -219,6 +224,20 @@ async fn listeners_of_the_mount_and_of_a_relay_decode_the_pushed_tone() {
         "pcmcast_icecast_state{state=\"streaming\"} 1",
     ] {
         assert!(text.lines().any(|l| l == line), "{line} in:\n{text}");
+    }
+
+    // SIGTERM: pcmcast ends the push with the rest and exits 0; Icecast drops the mount.
+    let mut pcmcast = pcmcast;
+    pcmcast.terminate();
+    let exit = tokio::task::block_in_place(|| common::wait_for_exit(&mut pcmcast.child, STEP));
+    assert!(
+        exit.is_some_and(|status| status.success()),
+        "pcmcast exits 0: {exit:?}"
+    );
+    let deadline = Instant::now() + STEP;
+    while master.mount_status(MOUNT).await.is_some() {
+        assert!(Instant::now() < deadline, "Icecast still serves {MOUNT}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -434,4 +453,129 @@ fn bad_icecast_urls_fail_at_once_with_one_line_and_no_password() {
             "{url}: the password shows: {stderr}"
         );
     }
+}
+
+/// A server that takes a source like Icecast (answers `200 OK`), then reads it slowly (4 KiB
+/// every 100 ms, a fifth of the tone's rate) while `reading` holds, and not at all after; its
+/// receive buffer is small so that the push's writes back up soon.
+async fn slow_icecast(reading: Arc<AtomicBool>) -> u16 {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket
+        .set_recv_buffer_size(common::api::STALLED_RECV_BUFFER_BYTES)
+        .unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(8).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((mut connection, _)) = listener.accept().await {
+            let mut head = Vec::new();
+            let mut buffer = [0u8; 4096];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                match connection.read(&mut buffer).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(read) => head.extend_from_slice(&buffer[..read]),
+                }
+            }
+            let _ = connection.write_all(b"HTTP/1.0 200 OK\r\n\r\n").await;
+            let reading = reading.clone();
+            held.push(tokio::spawn(async move {
+                while reading.load(Ordering::Relaxed) {
+                    if matches!(connection.read(&mut buffer).await, Ok(0) | Err(_)) {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                // Holds the connection, reading nothing, until the test ends.
+                std::future::pending::<()>().await;
+            }));
+        }
+    });
+    port
+}
+
+/// Polls pcmcast's `/status` while `listener` reads its stream, until the push satisfies
+/// `ready`; returns the push's status and the bytes the listener got.
+async fn listen_until_push(
+    api: &Api,
+    listener: &mut reqwest::Response,
+    what: &str,
+    limit: Duration,
+    ready: impl Fn(&Value) -> bool,
+) -> (Value, usize) {
+    let deadline = Instant::now() + limit;
+    let mut received = 0;
+    loop {
+        let chunk = within(STEP, "the listener's stream", listener.chunk())
+            .await
+            .unwrap()
+            .expect("the listener's stream goes on");
+        received += chunk.len();
+        let push = api.status().await["icecast"].clone();
+        if ready(&push) {
+            return (push, received);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "waited {limit:?} for the push {what}: {push}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_icecast_is_skipped_forward_and_a_stalled_one_dropped_without_slowing_listeners() {
+    let reading = Arc::new(AtomicBool::new(true));
+    let port = slow_icecast(reading.clone()).await;
+    let pcmcast = spawn_pushing(&format!("http://source:pw@127.0.0.1:{port}{MOUNT}"));
+    let api = Api::new(pcmcast.addr);
+    let mut listener = api.get_ok("/stream.pcm?format=s16le").await;
+    let started = Instant::now();
+    let bytes_per_s = f64::from(RATE_HZ) * (CHANNELS * 2) as f64;
+
+    let (slow, slow_received) = listen_until_push(
+        &api,
+        &mut listener,
+        "skipped",
+        Duration::from_secs(15),
+        |p| p["frames_skipped"].as_u64().unwrap_or(0) > 0,
+    )
+    .await;
+    let slow_s = started.elapsed().as_secs_f64();
+    println!(
+        "slow Icecast: the push skipped forward after {slow_s:.1} s: {slow}; a listener got \
+         {:.0}% of the audio meanwhile",
+        100.0 * slow_received as f64 / (slow_s * bytes_per_s)
+    );
+    assert_eq!(slow["state"], "streaming", "{slow}");
+
+    reading.store(false, Ordering::Relaxed);
+    let stopped = Instant::now();
+    let (stalled, stalled_received) = listen_until_push(
+        &api,
+        &mut listener,
+        "dropped",
+        Duration::from_secs(15),
+        |p| {
+            p["last_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("took nothing"))
+        },
+    )
+    .await;
+    println!(
+        "stalled Icecast: dropped {:.1?} after it stopped reading: {stalled}",
+        stopped.elapsed()
+    );
+    let elapsed_s = started.elapsed().as_secs_f64();
+    let received = slow_received + stalled_received;
+    println!(
+        "the listener got {received} bytes in {elapsed_s:.1} s: {:.0}% of the audio",
+        100.0 * received as f64 / (elapsed_s * bytes_per_s)
+    );
+    assert!(
+        received as f64 > 0.9 * elapsed_s * bytes_per_s,
+        "the listener kept up"
+    );
+    let status = api.status().await;
+    assert_eq!(status["frames_skipped"], 0, "no listener skipped: {status}");
 }
