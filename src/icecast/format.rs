@@ -4,14 +4,16 @@
 //!
 //! # Where Ogg/Opus and FLAC plug in
 //!
-//! A new encoding is a variant of [`PushFormat`] (its `--icecast-format` name and
-//! Content-Type, `application/ogg` or `audio/ogg` for Opus and FLAC, which Icecast's Ogg
-//! handler parses), its extension in [`PushFormat::for_extension`], which refuses `.opus`,
-//! `.ogg`, `.oga` and `.flac` until then, and one arm in [`PushFormat::encoder`] returning a
-//! [`PushEncoder`]: `header` returns the stream's header pages (Ogg: the OpusHead and OpusTags
-//! pages; FLAC: `fLaC` and STREAMINFO), `encode` the pages completed by one frame (possibly
-//! none while a packet fills). Nothing else changes: the client sends the header first on
-//! every connection, so each connection is a complete stream for Icecast.
+//! All in this file: a new encoding is a variant of [`PushFormat`] with its arms — the
+//! `--icecast-format` name, the Content-Type (`audio/ogg` for Ogg/Opus and Ogg/FLAC, which
+//! Icecast's Ogg handler parses, so that it replays the header pages to every listener and
+//! starts each on a page: `aligned_for_late_listeners` is true), the extension in
+//! [`PushFormat::for_extension`] (which refuses `.opus`, `.ogg`, `.oga` and `.flac` until
+//! then) — and the arm of [`PushFormat::encoder`] that returns its [`PushEncoder`]: `header`
+//! gives the stream's header pages (OpusHead and OpusTags; FLAC's STREAMINFO), `encode` the
+//! pages that one frame completes (none while a page fills). The encoder is made afresh for
+//! every connection and its header sent first, so each connection is a whole stream for
+//! Icecast. Nothing outside this file changes.
 
 use bytes::Bytes;
 
