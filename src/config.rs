@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 use crate::frame::StreamFormat;
+use crate::icecast::{FormatError, IcecastSettings, IcecastUrl, PushFormat, UrlError};
 use crate::source::SourceSpec;
 use crate::source::capture::DeviceChoice;
 use crate::source::relay::RelayUrl;
@@ -30,6 +31,8 @@ Examples:
   pcmcast --tone 440 --rate 48000          a 440 Hz test sine
   pcmcast --relay http://10.0.0.2:8000     relay another pcmcast's /stream.pcm (a LAN tree)
   pcmcast --bind 0.0.0.0:8000              serve the LAN (default: loopback only)
+  PCMCAST_ICECAST=http://source:PASSWORD@icecast:8000/live pcmcast
+                                           also push the stream to an Icecast server
 
 Listen:
   ffplay -nodisp http://127.0.0.1:8000/stream.wav
@@ -194,6 +197,30 @@ pub struct ServeArgs {
     #[arg(long, value_name = "FRAMES", env = "PCMCAST_BURST", default_value_t = 0,
           value_parser = clap::value_parser!(u32).range(0..=10_000))]
     pub burst: u32,
+
+    /// Also push the stream to an Icecast 2.4 server as a source client, at
+    /// http://[USER:]PASSWORD@HOST[:PORT]/MOUNT (user default: source); reconnects by itself.
+    /// Give it in PCMCAST_ICECAST, which `ps` does not show
+    ///
+    /// The mount's extension picks the encoding unless --icecast-format does: .wav pushes WAV,
+    /// any other raw s16le PCM (.opus, .ogg and .flac are not available yet). /status and
+    /// /metrics show the push's state. Percent-encode any of / ? # in the password.
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "PCMCAST_ICECAST",
+        hide_env_values = true
+    )]
+    pub icecast: Option<String>,
+
+    /// The encoding pushed to --icecast [default: from the mount's extension]
+    #[arg(
+        long,
+        value_name = "FORMAT",
+        env = "PCMCAST_ICECAST_FORMAT",
+        requires = "icecast"
+    )]
+    pub icecast_format: Option<PushFormat>,
 }
 
 /// Validated settings: everything the library needs to run.
@@ -206,6 +233,8 @@ pub struct Settings {
     pub burst_frames: usize,
     pub max_listeners: Option<u64>,
     pub access: Access,
+    /// Where to push the stream as an Icecast source, if anywhere.
+    pub icecast: Option<IcecastSettings>,
 }
 
 /// Who may use the stream and API endpoints.
@@ -233,6 +262,11 @@ pub enum ConfigError {
     BadOrigin(String),
     #[error("--burst ({burst}) cannot exceed --backlog ({backlog})")]
     BurstOverBacklog { burst: u32, backlog: u32 },
+    // The URL itself is never quoted: it carries a password.
+    #[error("--icecast: {0}")]
+    IcecastUrl(UrlError),
+    #[error("--icecast: {0}")]
+    IcecastFormat(FormatError),
 }
 
 pub const DEFAULT_RATE_HZ: u32 = 48_000;
@@ -286,6 +320,10 @@ impl TryFrom<ServeArgs> for Settings {
         {
             return Err(ConfigError::BadOrigin(origin.clone()));
         }
+        let icecast = args
+            .icecast
+            .map(|url| icecast_settings(&url, args.icecast_format))
+            .transpose()?;
         Ok(Settings {
             source,
             frame_size_samples: args.frame_size as usize,
@@ -297,8 +335,20 @@ impl TryFrom<ServeArgs> for Settings {
                 token: args.token,
                 cors_origin: args.cors_origin,
             },
+            icecast,
         })
     }
+}
+
+/// The push's URL and encoding: `format` if given, else the one the mount's extension implies.
+fn icecast_settings(url: &str, format: Option<PushFormat>) -> Result<IcecastSettings, ConfigError> {
+    let url: IcecastUrl = url.parse().map_err(ConfigError::IcecastUrl)?;
+    let format = match format {
+        Some(format) => format,
+        None => PushFormat::for_extension(url.extension().as_deref())
+            .map_err(ConfigError::IcecastFormat)?,
+    };
+    Ok(IcecastSettings { url, format })
 }
 
 /// `*`, or `scheme://host[:port]` with nothing after it: what a browser sends as `Origin`.
@@ -386,6 +436,24 @@ mod tests {
     }
 
     #[test]
+    fn icecast_takes_a_url_and_a_format_from_its_extension_or_the_option() {
+        let push = |args: &[&str]| settings(args).unwrap().icecast.expect("a push");
+        let plain = push(&["--icecast", "http://source:pw@h:8000/live"]);
+        assert_eq!(plain.url.to_string(), "http://h:8000/live");
+        assert_eq!(plain.format, PushFormat::Pcm);
+        let wav = push(&["--icecast", "http://source:pw@h:8000/live.wav"]);
+        assert_eq!(wav.format, PushFormat::Wav);
+        let forced = push(&[
+            "--icecast",
+            "http://source:pw@h:8000/live.opus",
+            "--icecast-format",
+            "pcm",
+        ]);
+        assert_eq!(forced.format, PushFormat::Pcm);
+        assert_eq!(settings(&[]).unwrap().icecast, None);
+    }
+
+    #[test]
     fn bad_values_are_refused_with_the_reason() {
         let cases: &[(&[&str], &str)] = &[
             (&["--tone", "30000"], "below half the sample rate"),
@@ -426,6 +494,32 @@ mod tests {
             ),
             (&["--relay", "https://h/stream.pcm"], "only plain http://"),
             (&["--relay", "h:8000"], "expected a URL such as"),
+            (
+                &["--icecast", "http://h:8000/live"],
+                "--icecast: the URL carries no source password",
+            ),
+            (
+                &["--icecast", "https://source:pw@h/live"],
+                "--icecast: https:// is not supported",
+            ),
+            (
+                &["--icecast", "http://source:pw@h:8000"],
+                "--icecast: the URL names no mount",
+            ),
+            (
+                &["--icecast", "http://source:pw@h:8000/live.opus"],
+                "cannot push yet",
+            ),
+            (
+                &[
+                    "--icecast",
+                    "http://source:pw@h/live",
+                    "--icecast-format",
+                    "mp3",
+                ],
+                "--icecast-format",
+            ),
+            (&["--icecast-format", "pcm"], "--icecast"),
         ];
         for (args, expected) in cases {
             let error = settings(args).expect_err(&format!("{args:?} must fail"));

@@ -174,6 +174,23 @@ impl Hub {
     pub fn subscribe(&self, endpoint: Endpoint) -> Result<Subscription, SubscribeError> {
         let sender = self.sender.upgrade().ok_or(SubscribeError::Ended)?;
         let membership = self.membership(endpoint)?;
+        Ok(self.subscription(sender, Some(membership)))
+    }
+
+    /// Subscribes pcmcast's own consumer of the frames (the Icecast push): it is skipped
+    /// forward like a listener when it falls behind, but it is not a listener, so it is neither
+    /// counted in the listener stats (nor its skips in `frames_skipped`) nor refused by
+    /// `max_listeners`.
+    pub fn tap(&self) -> Result<Subscription, SubscribeError> {
+        let sender = self.sender.upgrade().ok_or(SubscribeError::Ended)?;
+        Ok(self.subscription(sender, None))
+    }
+
+    fn subscription(
+        &self,
+        sender: broadcast::Sender<Arc<Frame>>,
+        membership: Option<Membership>,
+    ) -> Subscription {
         let (receiver, burst) = if self.shared.burst_frames == 0 {
             (sender.subscribe(), VecDeque::new())
         } else {
@@ -182,13 +199,13 @@ impl Hub {
         };
         drop(sender);
         let backlog_frames = self.shared.backlog_frames;
-        Ok(Subscription {
+        Subscription {
             membership,
             burst,
             next: ReusableBoxFuture::new(next_frame(receiver, backlog_frames)),
             done: false,
             shared: self.shared.clone(),
-        })
+        }
     }
 
     pub fn backlog_frames(&self) -> usize {
@@ -205,7 +222,8 @@ pub struct Delivery {
 /// A listener's view of the hub: a stream of [`Delivery`]s that ends when the hub closes.
 /// Dropping it unsubscribes the listener at once.
 pub struct Subscription {
-    membership: Membership,
+    /// `None` for a [`Hub::tap`], which is not a listener.
+    membership: Option<Membership>,
     burst: VecDeque<Arc<Frame>>,
     next: ReusableBoxFuture<'static, (Option<Delivery>, broadcast::Receiver<Arc<Frame>>)>,
     done: bool,
@@ -247,7 +265,8 @@ impl Stream for Subscription {
         let (delivery, receiver) = std::task::ready!(self.next.poll(cx));
         match delivery {
             Some(delivery) => {
-                if delivery.skipped > 0 {
+                // A tap's skips are its own to count: it is not a listener.
+                if delivery.skipped > 0 && self.membership.is_some() {
                     self.shared
                         .stats
                         .frames_skipped
@@ -268,7 +287,9 @@ impl Stream for Subscription {
 impl Subscription {
     /// Counts body bytes handed to the HTTP layer for this listener.
     pub fn sent(&self, bytes: usize) {
-        self.membership.sent(bytes as u64);
+        if let Some(membership) = &self.membership {
+            membership.sent(bytes as u64);
+        }
     }
 }
 
@@ -405,6 +426,47 @@ mod tests {
                 .frames_skipped
                 .load(std::sync::atomic::Ordering::Relaxed),
             40 - backlog as u64
+        );
+    }
+
+    #[tokio::test]
+    async fn a_tap_is_skipped_forward_without_counting_as_a_listener() {
+        let stats = Arc::new(Stats::default());
+        let (publisher, hub) = hub(
+            HubLimits {
+                max_listeners: Some(1),
+                ..limits(8, 0)
+            },
+            stats.clone(),
+        );
+        let _listener = hub.subscribe(Endpoint::Pcm).unwrap();
+        let tap = hub.tap().expect("a tap is not refused by max_listeners");
+        assert_eq!(
+            stats
+                .listeners_total
+                .load(std::sync::atomic::Ordering::Relaxed),
+            1
+        );
+        for seq in 0..20 {
+            publisher.publish(frame(seq));
+        }
+        drop(publisher);
+        let deliveries: Vec<(u64, u64)> = tap.map(|d| (d.frame.seq, d.skipped)).collect().await;
+        assert_eq!(deliveries[0], (12, 12), "skipped forward to the backlog");
+        assert_eq!(deliveries.len(), 8);
+        assert_eq!(
+            stats
+                .frames_skipped
+                .load(std::sync::atomic::Ordering::Relaxed),
+            0,
+            "not counted with the listeners' skips"
+        );
+        assert!(hub.tap().is_err(), "a closed hub refuses taps too");
+        assert_eq!(
+            stats
+                .listeners_current
+                .load(std::sync::atomic::Ordering::Relaxed),
+            1
         );
     }
 

@@ -19,6 +19,8 @@
 //! - [`fanout`]: the threads that write raw PCM, WAV and NDJSON frames straight to sockets.
 //! - [`http`]: the axum endpoints; [`stats`]: the shared counters they report.
 //! - [`server`]: the accept loop and the limits every connection lives under.
+//! - [`icecast`]: the push of the stream to an Icecast server (`--icecast`), one more
+//!   subscriber of the hub.
 //!
 //! The library never binds a port or installs a signal handler: [`Pcmcast::run`] takes a
 //! bound listener and a cancellation token, so tests run real servers on `127.0.0.1:0`.
@@ -30,6 +32,7 @@ pub mod frame;
 pub mod framer;
 pub mod http;
 pub mod hub;
+pub mod icecast;
 pub mod memory;
 pub mod ring;
 pub mod server;
@@ -138,6 +141,22 @@ impl Pcmcast {
         )?;
         tracing::info!(source = info.kind, name = %info.name, rate_hz = format.rate_hz,
             channels = format.channels, frame_size = settings.frame_size_samples, "source started");
+        let icecast = settings.icecast.map(|push| {
+            let status = Arc::new(icecast::PushStatus::new(&push));
+            let stream = icecast::PushStream {
+                hub: hub.clone(),
+                format,
+                description: format!(
+                    "pcmcast {} source, {} Hz, {} channels",
+                    info.kind, format.rate_hz, format.channels
+                ),
+            };
+            let task = tokio::spawn({
+                let (status, stop) = (status.clone(), stop.clone());
+                async move { icecast::push(push, stream, &status, stop).await }
+            });
+            (status, task)
+        });
 
         let tasks = TaskTracker::new();
         let state = Arc::new(http::AppState {
@@ -146,6 +165,7 @@ impl Pcmcast {
             source: info,
             frame_size_samples: settings.frame_size_samples,
             access: settings.access.clone(),
+            icecast: icecast.as_ref().map(|(status, _)| status.clone()),
             shutdown: shutdown.clone(),
             tasks: tasks.clone(),
         });
@@ -205,6 +225,11 @@ impl Pcmcast {
             tracing::warn!("some WebSocket listeners did not close in time");
         }
         stop.cancel();
+        if let Some((_, task)) = icecast
+            && tokio::time::timeout(SHUTDOWN_GRACE, task).await.is_err()
+        {
+            tracing::warn!("the Icecast push did not stop in time");
+        }
         let joined = tokio::task::spawn_blocking(move || {
             let _ = source_thread.join();
             let _ = framer_thread.join();

@@ -438,6 +438,9 @@ fn wait_for_log(server: &common::Process, text: &str) -> String {
 #[test]
 fn the_accept_loop_backs_off_while_out_of_file_descriptors_and_recovers() {
     let server = common::spawn(&["--tone", "440"]);
+    // "listening on" comes before the fan-out threads open their polls: wait until they have,
+    // or the limit below leaves them no descriptor and pcmcast exits.
+    wait_for_log(&server, "source started");
     let pid = server.pid();
     let soft_before = raise_open_file_limit();
     // No descriptor left for the next connection.

@@ -43,6 +43,18 @@ const FAMILIES: [(&str, &str); 19] = [
     ("pcmcast_uptime_seconds", "gauge"),
 ];
 
+/// The families `--icecast` adds, with their types.
+const ICECAST_FAMILIES: [(&str, &str); 6] = [
+    ("pcmcast_icecast_info", "gauge"),
+    ("pcmcast_icecast_state", "gauge"),
+    ("pcmcast_icecast_up", "gauge"),
+    ("pcmcast_icecast_sent_bytes_total", "counter"),
+    ("pcmcast_icecast_connects_total", "counter"),
+    ("pcmcast_icecast_frames_skipped_total", "counter"),
+];
+
+const PUSH_STATES: [&str; 4] = ["connecting", "streaming", "retrying", "stopped"];
+
 /// One `/metrics` response body.
 struct Metrics {
     text: String,
@@ -147,8 +159,9 @@ fn promtool_check(text: &str) {
     );
 }
 
-/// The text passes promtool and has every family of the contract, each endpoint and state;
-/// the source is described and its level is the tone's.
+/// The text passes promtool and has every family of the contract (and no `pcmcast_icecast_*`
+/// without `--icecast`), each endpoint and state; the source is described and its level is the
+/// tone's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_pass_promtool_and_cover_the_contract() {
     // 8 whole cycles of the tone per frame, one sample exactly on each crest: the level of
@@ -315,5 +328,44 @@ async fn source_name_is_escaped_and_silence_is_minus_infinity() {
     assert_eq!(metrics.value(&info), 1.0);
     assert_eq!(metrics.value("pcmcast_level_rms_dbfs"), f64::NEG_INFINITY);
     assert_eq!(metrics.value("pcmcast_level_peak_dbfs"), f64::NEG_INFINITY);
+    server.stop().await;
+}
+
+/// With `--icecast`, the push's families are there too and still pass promtool; a push to a
+/// closed port is down and retrying; the URL is shown without its password.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_icecast_push_adds_its_families() {
+    let closed_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("http://source:pa55word@127.0.0.1:{closed_port}/live");
+    let server = common::start(&["--tone", "440", "--icecast", &url]).await;
+    let _stop = server.shutdown.clone().drop_guard();
+    let api = Api::new(server.addr);
+
+    let metrics = api
+        .wait_for("the push retrying", |m| {
+            m.value(r#"pcmcast_icecast_state{state="retrying"}"#) == 1.0
+        })
+        .await;
+    promtool_check(&metrics.text);
+    let expected: BTreeSet<_> = FAMILIES.into_iter().chain(ICECAST_FAMILIES).collect();
+    assert_eq!(metrics.families(), expected);
+    let states = PUSH_STATES
+        .map(|state| metrics.value(&format!("pcmcast_icecast_state{{state=\"{state}\"}}")));
+    assert_eq!(
+        states,
+        [0.0, 0.0, 1.0, 0.0],
+        "only retrying, in {PUSH_STATES:?}"
+    );
+    assert_eq!(metrics.value("pcmcast_icecast_up"), 0.0);
+    assert_eq!(metrics.value("pcmcast_icecast_connects_total"), 0.0);
+    let info = format!(
+        r#"pcmcast_icecast_info{{url="http://127.0.0.1:{closed_port}/live",format="pcm",content_type="application/octet-stream"}}"#
+    );
+    assert_eq!(metrics.value(&info), 1.0);
+    assert!(!metrics.text.contains("pa55word"), "{}", metrics.text);
     server.stop().await;
 }

@@ -8,7 +8,8 @@
 //! peak is not the sum of the endpoints' peaks. The source state is one series per state, 1 for
 //! the current one. Where there is no finite value the Prometheus infinities stand in: the level
 //! of silence (and before the first frame) is `-Inf` dBFS, the age of the last frame before the
-//! first one is `+Inf` seconds.
+//! first one is `+Inf` seconds. The `pcmcast_icecast_*` families are there only with
+//! `--icecast`.
 
 use std::fmt::{self, Display, Write};
 use std::sync::Arc;
@@ -22,6 +23,7 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 
 use super::{AppState, status};
+use crate::icecast::{PushState, PushStatus};
 use crate::stats::{Endpoint, EndpointStats, SourceState, Stats};
 
 const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -181,7 +183,62 @@ fn render(state: &AppState, up: bool) -> String {
         "Seconds since the server started.",
         stats.uptime().as_secs_f64(),
     );
+    if let Some(push) = &state.icecast {
+        icecast(&mut out, push);
+    }
     out.text
+}
+
+fn icecast(out: &mut Exposition, push: &PushStatus) {
+    use Kind::{Counter, Gauge};
+    out.family(
+        "pcmcast_icecast_info",
+        Gauge,
+        "The Icecast push: URL (without the password) and format; always 1.",
+    );
+    out.sample(
+        "pcmcast_icecast_info",
+        &[
+            ("url", &push.url),
+            ("format", &push.format.name()),
+            ("content_type", &push.format.content_type()),
+        ],
+        1u64,
+    );
+    let current = push.state();
+    out.family(
+        "pcmcast_icecast_state",
+        Gauge,
+        "What the Icecast push is doing: 1 for the current state, 0 for the others.",
+    );
+    for each in PushState::ALL {
+        let value = u64::from(each == current);
+        out.sample("pcmcast_icecast_state", &[("state", &each.name())], value);
+    }
+    out.single(
+        "pcmcast_icecast_up",
+        Gauge,
+        "1 while Icecast takes the stream, 0 otherwise.",
+        u64::from(current == PushState::Streaming),
+    );
+    out.single(
+        "pcmcast_icecast_sent_bytes_total",
+        Counter,
+        "Body bytes written to Icecast, all connections together.",
+        push.bytes_sent.load(Relaxed),
+    );
+    out.single(
+        "pcmcast_icecast_connects_total",
+        Counter,
+        "Connections Icecast accepted as the source.",
+        push.connects.load(Relaxed),
+    );
+    out.single(
+        "pcmcast_icecast_frames_skipped_total",
+        Counter,
+        "Frames the Icecast push missed because it fell more than the backlog behind.",
+        push.frames_skipped.load(Relaxed),
+    );
 }
 
 /// Decibels relative to full scale: `-inf` for silence.

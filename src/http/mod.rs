@@ -25,6 +25,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Access;
 use crate::hub::Hub;
+use crate::icecast::PushStatus;
 use crate::source::SourceInfo;
 use crate::stats::Stats;
 pub use error::AppError;
@@ -35,6 +36,8 @@ pub struct AppState {
     pub source: SourceInfo,
     pub frame_size_samples: usize,
     pub access: Access,
+    /// The Icecast push's state, if `--icecast` is given.
+    pub icecast: Option<Arc<PushStatus>>,
     /// Cancelled on shutdown: every open stream body ends at once with a clean final chunk.
     pub shutdown: CancellationToken,
     /// Connection tasks that outlive their request (upgraded WebSockets), which axum's

@@ -1,4 +1,5 @@
-//! `/status` (JSON) and `/healthz` (200 while frames flow, 503 otherwise).
+//! `/status` (JSON) and `/healthz` (200 while frames flow, 503 otherwise). `/healthz` is about
+//! the source only: an Icecast push that is retrying shows in `/status`, not there.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -12,6 +13,7 @@ use axum::{Json, Router};
 use serde_json::{Value, json};
 
 use super::AppState;
+use crate::icecast::PushStatus;
 use crate::stats::SourceState;
 
 /// `/status`; `/healthz` is routed by the caller, outside access control.
@@ -49,7 +51,22 @@ async fn status(State(state): State<Arc<AppState>>) -> Json<Value> {
             "rms_dbfs": dbfs(level.rms),
             "peak_dbfs": dbfs(level.peak),
         },
+        "icecast": state.icecast.as_deref().map(icecast),
     }))
+}
+
+/// The Icecast push: where (without the password), what, and how it goes.
+fn icecast(push: &PushStatus) -> Value {
+    json!({
+        "url": push.url,
+        "format": push.format.name(),
+        "content_type": push.format.content_type(),
+        "state": push.state().name(),
+        "bytes_sent": push.bytes_sent.load(Relaxed),
+        "connects": push.connects.load(Relaxed),
+        "frames_skipped": push.frames_skipped.load(Relaxed),
+        "last_error": push.last_error(),
+    })
 }
 
 /// Decibels relative to full scale; `null` in JSON for silence.

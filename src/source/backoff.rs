@@ -1,6 +1,6 @@
 //! The reconnect policy of the sources that reopen what they read from (the capture device, a
-//! relayed upstream): wait 100 ms after a failure, doubling up to 2 s, and start again from
-//! 100 ms once the source has delivered audio again.
+//! relayed upstream), also used by the Icecast push: wait 100 ms after a failure, doubling up
+//! to 2 s, and start again from 100 ms once the connection has worked again.
 
 use std::thread;
 use std::time::{Duration, Instant};

@@ -7,7 +7,7 @@
 //! sources are [`Generator`]s driven by [`run_paced`], which produces exactly as many samples
 //! as the monotonic clock says are due, waking when each frame's last sample is due.
 
-mod backoff;
+pub(crate) mod backoff;
 pub mod capture;
 pub mod convert;
 mod pacer;

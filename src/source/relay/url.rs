@@ -75,8 +75,8 @@ impl FromStr for RelayUrl {
     }
 }
 
-/// `host`, `host:port`, `[v6]` or `[v6]:port`.
-fn split_host_port(authority: &str) -> Result<(&str, u16), UrlError> {
+/// `host`, `host:port`, `[v6]` or `[v6]:port`; also parses the `--icecast` URL's authority.
+pub(crate) fn split_host_port(authority: &str) -> Result<(&str, u16), UrlError> {
     let (host, port) = match authority.strip_prefix('[') {
         Some(bracketed) => {
             let (host, after) = bracketed.split_once(']').ok_or(UrlError::NoHost)?;
