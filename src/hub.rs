@@ -174,6 +174,21 @@ impl Hub {
     pub fn subscribe(&self, endpoint: Endpoint) -> Result<Subscription, SubscribeError> {
         let sender = self.sender.upgrade().ok_or(SubscribeError::Ended)?;
         let membership = self.membership(endpoint)?;
+        Ok(self.subscription(sender, Some(membership)))
+    }
+
+    /// Subscribes one of pcmcast's own consumers (a codec's encoder, see [`crate::codec`]):
+    /// not a listener, so neither counted nor held to `max_listeners`.
+    pub fn subscribe_encoder(&self) -> Result<Subscription, SubscribeError> {
+        let sender = self.sender.upgrade().ok_or(SubscribeError::Ended)?;
+        Ok(self.subscription(sender, None))
+    }
+
+    fn subscription(
+        &self,
+        sender: broadcast::Sender<Arc<Frame>>,
+        membership: Option<Membership>,
+    ) -> Subscription {
         let (receiver, burst) = if self.shared.burst_frames == 0 {
             (sender.subscribe(), VecDeque::new())
         } else {
@@ -182,13 +197,13 @@ impl Hub {
         };
         drop(sender);
         let backlog_frames = self.shared.backlog_frames;
-        Ok(Subscription {
+        Subscription {
             membership,
             burst,
             next: ReusableBoxFuture::new(next_frame(receiver, backlog_frames)),
             done: false,
             shared: self.shared.clone(),
-        })
+        }
     }
 
     pub fn backlog_frames(&self) -> usize {
@@ -205,7 +220,8 @@ pub struct Delivery {
 /// A listener's view of the hub: a stream of [`Delivery`]s that ends when the hub closes.
 /// Dropping it unsubscribes the listener at once.
 pub struct Subscription {
-    membership: Membership,
+    /// `None` for an encoder's subscription, which is not a listener.
+    membership: Option<Membership>,
     burst: VecDeque<Arc<Frame>>,
     next: ReusableBoxFuture<'static, (Option<Delivery>, broadcast::Receiver<Arc<Frame>>)>,
     done: bool,
@@ -268,7 +284,9 @@ impl Stream for Subscription {
 impl Subscription {
     /// Counts body bytes handed to the HTTP layer for this listener.
     pub fn sent(&self, bytes: usize) {
-        self.membership.sent(bytes as u64);
+        if let Some(membership) = &self.membership {
+            membership.sent(bytes as u64);
+        }
     }
 }
 
@@ -281,6 +299,14 @@ pub struct Membership {
 impl Membership {
     pub fn endpoint(&self) -> Endpoint {
         self.endpoint
+    }
+
+    /// Counts pages of an encoded stream this listener missed because it fell behind.
+    pub fn skipped_pages(&self, pages: u64) {
+        self.stats
+            .endpoint(self.endpoint)
+            .pages_skipped
+            .fetch_add(pages, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Counts body bytes sent to this listener.

@@ -23,6 +23,7 @@
 //! The library never binds a port or installs a signal handler: [`Pcmcast::run`] takes a
 //! bound listener and a cancellation token, so tests run real servers on `127.0.0.1:0`.
 
+pub mod codec;
 pub mod config;
 pub mod encode;
 pub mod fanout;
@@ -140,8 +141,17 @@ impl Pcmcast {
             channels = format.channels, frame_size = settings.frame_size_samples, "source started");
 
         let tasks = TaskTracker::new();
+        let encoders = codec::Encoders::new(
+            hub.clone(),
+            stats.clone(),
+            format,
+            settings.frame_size_samples,
+            shutdown.clone(),
+            tasks.clone(),
+        );
         let state = Arc::new(http::AppState {
             hub,
+            encoders,
             stats,
             source: info,
             frame_size_samples: settings.frame_size_samples,

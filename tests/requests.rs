@@ -61,6 +61,11 @@ const ENDPOINTS: &[Endpoint] = &[
         params: &["format", "frames"],
         formats: &["f32le", "json"],
     },
+    Endpoint {
+        path: "/stream.flac",
+        params: &["frames"],
+        formats: &[],
+    },
 ];
 
 /// Every format any endpoint accepts, and near misses of them.
