@@ -63,21 +63,23 @@ pub enum Endpoint {
     Ndjson = 2,
     Events = 3,
     Ws = 4,
-    Flac = 5,
+    Opus = 5,
+    Flac = 6,
 }
 
 impl Endpoint {
-    pub const ALL: [Endpoint; 6] = [
+    pub const ALL: [Endpoint; 7] = [
         Endpoint::Pcm,
         Endpoint::Wav,
         Endpoint::Ndjson,
         Endpoint::Events,
         Endpoint::Ws,
+        Endpoint::Opus,
         Endpoint::Flac,
     ];
 
     /// The endpoints served by an encoder of their own (see [`crate::codec`]).
-    pub const ENCODED: [Endpoint; 1] = [Endpoint::Flac];
+    pub const ENCODED: [Endpoint; 2] = [Endpoint::Opus, Endpoint::Flac];
 
     /// The name used in `/status` and as the `endpoint` label in `/metrics`.
     pub fn name(self) -> &'static str {
@@ -87,6 +89,7 @@ impl Endpoint {
             Endpoint::Ndjson => "ndjson",
             Endpoint::Events => "events",
             Endpoint::Ws => "ws",
+            Endpoint::Opus => "opus",
             Endpoint::Flac => "flac",
         }
     }

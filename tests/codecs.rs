@@ -1,6 +1,7 @@
-//! The compressed streams against real servers with real decoders: ffmpeg and ffprobe join
-//! each stream while another listener keeps its encoder running (mid-stream), and the FLAC
-//! decodes to exactly the samples of `/stream.pcm` and of the source file.
+//! The compressed streams, `/stream.flac` and `/stream.opus`, against real servers with real
+//! decoders: ffmpeg and ffprobe join each stream while another listener keeps its encoder
+//! running (mid-stream), the FLAC decodes to exactly the samples of `/stream.pcm` and of the
+//! source file, and the Opus decode of a sine (resampled or not) has its frequency and level.
 
 mod common;
 
@@ -8,7 +9,7 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::api::{Api, STEP, within};
+use common::api::{Api, STEP, json_error, within};
 use pcmcast::encode::f32_to_s24;
 use serde_json::Value;
 use tokio::sync::mpsc;
@@ -150,10 +151,11 @@ fn find_run(received: &[i32], run: &[i32], channels: usize) -> Option<usize> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ffprobe_identifies_the_flac_stream_joining_mid_stream() {
-    let server = common::start(&["--tone", "1000", "--rate", "44100", "--channels", "3"]).await;
+async fn ffprobe_identifies_both_streams_joining_mid_stream() {
+    let server = common::start(&["--tone", "1000", "--rate", "44100"]).await;
     let api = Api::new(server.addr);
-    let first = keep_listening(&api, "/stream.flac").await;
+    let flac_first = keep_listening(&api, "/stream.flac").await;
+    let opus_first = keep_listening(&api, "/stream.opus").await;
     let flac = probe(server.url("/stream.flac?frames=20")).await;
     println!(
         "/stream.flac: {} {} Hz {} ch {} bits",
@@ -161,13 +163,154 @@ async fn ffprobe_identifies_the_flac_stream_joining_mid_stream() {
     );
     assert_eq!(flac["codec_name"], "flac");
     assert_eq!(flac["sample_rate"], "44100");
-    assert_eq!(flac["channels"], 3);
+    assert_eq!(flac["channels"], 2);
     assert_eq!(flac["bits_per_raw_sample"], "24");
-    // One encoder, whatever the number of listeners.
+    let opus = probe(server.url("/stream.opus?frames=20")).await;
+    println!(
+        "/stream.opus: {} {} Hz {} ch",
+        opus["codec_name"], opus["sample_rate"], opus["channels"]
+    );
+    assert_eq!(opus["codec_name"], "opus");
+    assert_eq!(opus["sample_rate"], "48000");
+    assert_eq!(opus["channels"], 2);
+
+    // One encoder each, whatever the number of listeners.
     let status = api.status().await;
     let encoders = status["encoders"].as_array().expect("an encoders list");
-    assert_eq!(encoders.len(), 1, "{status}");
-    assert_eq!(encoders[0]["endpoint"], "flac", "{status}");
-    first.abort();
+    assert_eq!(encoders.len(), 2, "{status}");
+    assert_eq!(
+        status["endpoints"]["flac"]["listeners"]["current"], 1,
+        "{status}"
+    );
+    flac_first.abort();
+    opus_first.abort();
+    server.stop().await;
+}
+
+/// Frequency of a sine by its upward zero crossings (interpolated), and its RMS level in
+/// dBFS.
+fn frequency_and_level(samples: &[f32], rate_hz: u32) -> (f64, f64) {
+    let crossings: Vec<f64> = samples
+        .windows(2)
+        .enumerate()
+        .filter(|(_, w)| w[0] < 0.0 && w[1] >= 0.0)
+        .map(|(i, w)| i as f64 + f64::from(w[0] / (w[0] - w[1])))
+        .collect();
+    let periods = (crossings.len() - 1) as f64;
+    let hz = periods * f64::from(rate_hz) / (crossings[crossings.len() - 1] - crossings[0]);
+    let mean_square = samples
+        .iter()
+        .map(|&s| f64::from(s) * f64::from(s))
+        .sum::<f64>()
+        / samples.len() as f64;
+    (hz, 10.0 * mean_square.log10())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opus_decodes_to_the_tones_frequency_and_level_at_any_source_rate() {
+    // The tone is a sine at -6 dBFS peak: -9.03 dBFS RMS.
+    let expected_dbfs = 20.0 * (0.5f64 / 2f64.sqrt()).log10();
+    for rate_hz in ["44100", "48000", "16000"] {
+        let server = common::start(&["--tone", "1000", "--rate", rate_hz]).await;
+        let api = Api::new(server.addr);
+        let first = keep_listening(&api, "/stream.opus").await;
+        // The header's two pages (sequence 0 and 1), then a page from the running stream.
+        let joined = api.body("/stream.opus?frames=1").await;
+        let pages = ogg_pages(&joined);
+        assert_eq!(&pages[0].3[..8], b"OpusHead");
+        assert_eq!(&pages[1].3[..8], b"OpusTags");
+        assert_eq!((pages[0].2, pages[1].2), (0, 1));
+        assert!(
+            pages[2].2 > 2,
+            "the listener joined mid-stream: {:?}",
+            pages[2]
+        );
+        // About 0.8 s of audio, whatever the rate.
+        let frames = rate_hz.parse::<usize>().unwrap() * 4 / 5 / 1024;
+        let decoded = decode(
+            server.url(&format!("/stream.opus?frames={frames}")),
+            "f32le",
+        )
+        .await;
+        let samples = common::f32le(&decoded);
+        // Stereo at 48 kHz, the same in both channels; past the decoder's first 100 ms.
+        let left: Vec<f32> = samples.chunks_exact(2).map(|pair| pair[0]).collect();
+        let right: Vec<f32> = samples.chunks_exact(2).map(|pair| pair[1]).collect();
+        let seconds = left.len() as f64 / 48_000.0;
+        for (name, channel) in [("left", &left), ("right", &right)] {
+            let (hz, dbfs) = frequency_and_level(&channel[4800..], 48_000);
+            println!(
+                "{rate_hz} Hz source, {name}: {hz:.2} Hz at {dbfs:.2} dBFS over {seconds:.2} s"
+            );
+            assert!((hz - 1000.0).abs() < 0.5, "{rate_hz} Hz source: {hz} Hz");
+            assert!(
+                (dbfs - expected_dbfs).abs() < 0.25,
+                "{rate_hz} Hz source: {dbfs} dBFS"
+            );
+        }
+        first.abort();
+        server.stop().await;
+    }
+}
+
+/// The Ogg pages of `bytes`: (header type, granule position, sequence number, body).
+fn ogg_pages(mut bytes: &[u8]) -> Vec<(u8, u64, u32, Vec<u8>)> {
+    let mut pages = Vec::new();
+    while !bytes.is_empty() {
+        assert_eq!(&bytes[..4], b"OggS", "a page starts here");
+        let segments = usize::from(bytes[26]);
+        let body_len: usize = bytes[27..27 + segments]
+            .iter()
+            .map(|&s| usize::from(s))
+            .sum();
+        let start = 27 + segments;
+        pages.push((
+            bytes[5],
+            u64::from_le_bytes(bytes[6..14].try_into().unwrap()),
+            u32::from_le_bytes(bytes[18..22].try_into().unwrap()),
+            bytes[start..start + body_len].to_vec(),
+        ));
+        bytes = &bytes[start + body_len..];
+    }
+    pages
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bitrate_sets_the_opus_rate_and_bad_values_are_refused() {
+    let server = common::start(&["--tone", "440"]).await;
+    let api = Api::new(server.addr);
+    for kbps in [32u64, 128] {
+        // 94 frames of 1024 samples at 48 kHz: 2 s, in pages of 100 ms.
+        let body = api
+            .body(&format!("/stream.opus?bitrate={kbps}&frames=94"))
+            .await;
+        let audio_pages = ogg_pages(&body).len() - 2;
+        let kbit_per_s = body.len() as f64 * 8.0 / (audio_pages as f64 * 0.1) / 1000.0;
+        println!(
+            "bitrate={kbps}: {} bytes, {audio_pages} pages, {kbit_per_s:.1} kbit/s",
+            body.len()
+        );
+        assert!(
+            (kbit_per_s / kbps as f64 - 1.0).abs() < 0.25,
+            "asked {kbps} kbit/s, got {kbit_per_s:.1}"
+        );
+    }
+    for bad in ["95", "96k", "0", "x"] {
+        let message = json_error(api.get(&format!("/stream.opus?bitrate={bad}")).await, 400).await;
+        assert!(message.contains("'bitrate'"), "{message}");
+    }
+    let message = json_error(api.get("/stream.flac?bitrate=96").await, 400).await;
+    assert!(message.contains("unknown parameter 'bitrate'"), "{message}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn opus_refuses_more_than_two_channels_and_flac_takes_them() {
+    let server = common::start(&["--tone", "440", "--channels", "3"]).await;
+    let api = Api::new(server.addr);
+    let message = json_error(api.get("/stream.opus").await, 501).await;
+    assert!(message.contains("1 or 2 channels"), "{message}");
+    let flac = api.body("/stream.flac?frames=2").await;
+    assert_eq!(&flac[..4], b"fLaC");
     server.stop().await;
 }

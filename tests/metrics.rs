@@ -16,7 +16,7 @@ use pcmcast::source::tone;
 
 const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-const ENDPOINTS: [&str; 6] = ["pcm", "wav", "ndjson", "events", "ws", "flac"];
+const ENDPOINTS: [&str; 7] = ["pcm", "wav", "ndjson", "events", "ws", "opus", "flac"];
 
 const STATES: [&str; 5] = ["starting", "running", "ended", "stopped", "reconnecting"];
 
@@ -75,7 +75,7 @@ impl Metrics {
     }
 
     /// One metric's value for every endpoint, in `ENDPOINTS` order.
-    fn per_endpoint(&self, name: &str) -> [f64; 6] {
+    fn per_endpoint(&self, name: &str) -> [f64; 7] {
         ENDPOINTS.map(|endpoint| self.endpoint(name, endpoint))
     }
 
@@ -194,7 +194,7 @@ async fn metrics_pass_promtool_and_cover_the_contract() {
         "pcmcast_listeners_total",
         "pcmcast_sent_bytes_total",
     ] {
-        assert_eq!(metrics.per_endpoint(name), [0.0; 6], "{name}");
+        assert_eq!(metrics.per_endpoint(name), [0.0; 7], "{name}");
     }
 
     let amplitude_dbfs = 20.0 * f64::from(tone::AMPLITUDE).log10();
@@ -233,7 +233,7 @@ async fn metrics_follow_listeners_and_the_source() {
     let _stop = server.shutdown.clone().drop_guard();
     let api = Api::new(server.addr);
     let before = api.wait_for_frames_metric("a first frame", 0.0).await;
-    assert_eq!(before.per_endpoint("pcmcast_listeners_total"), [0.0; 6]);
+    assert_eq!(before.per_endpoint("pcmcast_listeners_total"), [0.0; 7]);
     assert_eq!(before.endpoint("pcmcast_sent_bytes_total", "pcm"), 0.0);
 
     let mut pcm = [
@@ -244,7 +244,7 @@ async fn metrics_follow_listeners_and_the_source() {
     let mut flac = api.get_ok("/stream.flac").await;
     let during = api.metrics().await;
     promtool_check(&during.text);
-    let one_each = [2.0, 0.0, 1.0, 0.0, 0.0, 1.0];
+    let one_each = [2.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0];
     assert_eq!(during.per_endpoint("pcmcast_listeners_current"), one_each);
     assert_eq!(during.per_endpoint("pcmcast_listeners_peak"), one_each);
     assert_eq!(during.per_endpoint("pcmcast_listeners_total"), one_each);
@@ -308,7 +308,7 @@ async fn metrics_follow_listeners_and_the_source() {
     let left = api
         .wait_for("every listener gone", |m| {
             m.value("pcmcast_all_listeners_current") == 0.0
-                && m.per_endpoint("pcmcast_listeners_current") == [0.0; 6]
+                && m.per_endpoint("pcmcast_listeners_current") == [0.0; 7]
         })
         .await;
     assert_eq!(left.per_endpoint("pcmcast_listeners_peak"), one_each);

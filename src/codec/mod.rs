@@ -1,24 +1,29 @@
-//! The compressed streams (`/stream.flac`): their encoders, and the registry that runs one
-//! encoder per stream for all its listeners.
+//! The compressed streams, `/stream.opus` and `/stream.flac`: their encoders, and the
+//! registry that runs one encoder per stream for all its listeners.
 //!
 //! ```text
-//! hub ──Arc<Frame>──▶ encoder thread (one per codec)              ──Page──▶ broadcast ──▶ listeners
+//! hub ──Arc<Frame>──▶ encoder thread (one per codec and bitrate) ──Page──▶ broadcast ──▶ listeners
 //!                     started by the first listener,                        (bounded;      header, then
 //!                     stopped when the last one leaves                       lag ⇒ skip)   pages from the next
 //!                                                                                           page boundary
 //! ```
 //!
-//! An encoder turns frames into [`Page`]s: the units a listener can start at (one FLAC frame
-//! for FLAC), each a shared `Bytes` that every listener of the stream is sent without a copy.
-//! The stream header (FLAC's `fLaC` and STREAMINFO) is made before the first page and kept
-//! aside, so a listener that joins
+//! An encoder turns frames into [`Page`]s: the units a listener can start at (whole Ogg pages
+//! for Opus, one FLAC frame for FLAC), each a shared `Bytes` that every listener of the stream
+//! is sent without a copy. The stream header (Opus's two header pages, FLAC's `fLaC` and
+//! STREAMINFO) is made before the first page and kept aside, so a listener that joins
 //! mid-stream gets the header, then pages from the next one on. See [`registry`] for who owns
 //! the threads and what happens when an encoder fails.
 //!
 //! - [`flac`]: a native FLAC stream, 24-bit, lossless.
+//! - [`opus`]: Ogg/Opus at 48 kHz through libopus, the source resampled by [`resample`] if
+//!   it runs at another rate; pages written by [`ogg`].
 
 pub mod flac;
+mod ogg;
+pub mod opus;
 mod registry;
+pub mod resample;
 
 use bytes::Bytes;
 
@@ -38,12 +43,14 @@ pub struct Page {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Codec {
     Flac,
+    Opus { bitrate_kbps: u32 },
 }
 
 impl Codec {
     pub fn endpoint(self) -> Endpoint {
         match self {
             Codec::Flac => Endpoint::Flac,
+            Codec::Opus { .. } => Endpoint::Opus,
         }
     }
 
@@ -57,6 +64,10 @@ pub enum CodecError {
     /// The source's format cannot be carried by this codec; the message says why.
     #[error("{0}")]
     Unsupported(String),
+    #[error("libopus failed")]
+    Opus(#[source] ::opus::Error),
+    #[error("the resampler failed")]
+    Resample(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
 /// A codec's encoder, fed every frame of the hub on its own thread.
@@ -77,6 +88,11 @@ pub fn new_encoder(
 ) -> Result<Box<dyn StreamEncoder>, CodecError> {
     Ok(match codec {
         Codec::Flac => Box::new(flac::FlacEncoder::new(format, frame_size_samples)?),
+        Codec::Opus { bitrate_kbps } => Box::new(opus::OpusEncoder::new(
+            format,
+            frame_size_samples,
+            bitrate_kbps,
+        )?),
     })
 }
 

@@ -182,6 +182,14 @@ impl Encoders {
         let encoder = match (inner.factory)(codec) {
             Ok(encoder) => encoder,
             Err(CodecError::Unsupported(reason)) => return Err(OpenError::Unsupported(reason)),
+            Err(error) => {
+                let message = error_chain(&error);
+                inner.fault(codec, slot, message.clone());
+                return Err(OpenError::Faulted {
+                    message,
+                    retry_after: FAULT_HOLD,
+                });
+            }
         };
         let subscription = inner
             .hub

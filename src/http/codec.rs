@@ -1,5 +1,5 @@
-//! `/stream.flac` (native FLAC): a compressed stream, encoded once for all its listeners by
-//! [`crate::codec`].
+//! `/stream.opus` (Ogg/Opus, `?bitrate=` kbit/s) and `/stream.flac` (native FLAC): the
+//! compressed streams, each encoded once for all its listeners by [`crate::codec`].
 //!
 //! A listener's body is the stream header, then every page its encoder sends from the moment
 //! it joined, each the encoder's shared `Bytes`. A listener that falls more than the page
@@ -24,11 +24,24 @@ use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use super::{AppError, AppState, listener, params};
-use crate::codec::{Codec, EncodedStream};
+use crate::codec::{Codec, EncodedStream, opus};
 use crate::hub::Membership;
 
 pub fn routes() -> Router<Arc<AppState>> {
-    Router::new().route("/stream.flac", get(stream_flac))
+    Router::new()
+        .route("/stream.opus", get(stream_opus))
+        .route("/stream.flac", get(stream_flac))
+}
+
+async fn stream_opus(
+    State(state): State<Arc<AppState>>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, AppError> {
+    let params = params::parse(query.as_deref(), &["bitrate", "frames"])?;
+    let codec = Codec::Opus {
+        bitrate_kbps: params.bitrate_kbps.unwrap_or(opus::DEFAULT_BITRATE_KBPS),
+    };
+    respond(&state, codec, "audio/ogg", params.frames)
 }
 
 async fn stream_flac(
@@ -256,27 +269,35 @@ mod tests {
     #[tokio::test]
     async fn listeners_share_one_encoder_per_stream_which_stops_with_the_last() {
         let (publisher, app, state) = server();
-        let first = get(&app, "/stream.flac")
+        let first = get(&app, "/stream.opus")
             .await
             .into_body()
             .into_data_stream();
-        let mut second = get(&app, "/stream.flac")
+        let mut second = get(&app, "/stream.opus?bitrate=96")
             .await
             .into_body()
             .into_data_stream();
+        let other = get(&app, "/stream.opus?bitrate=32").await;
+        assert_eq!(other.status(), StatusCode::OK);
         let running: Vec<(Codec, Option<usize>)> = state
             .encoders
             .status()
             .into_iter()
             .map(|e| (e.codec, e.listeners))
             .collect();
-        assert_eq!(running, [(Codec::Flac, Some(2))]);
+        assert_eq!(
+            running,
+            [
+                (Codec::Opus { bitrate_kbps: 32 }, Some(1)),
+                (Codec::Opus { bitrate_kbps: 96 }, Some(2)),
+            ]
+        );
         publisher.publish(frame(0, 0.5));
         let header = tokio::time::timeout(WITHIN, second.next()).await.unwrap();
         assert_eq!(header.unwrap().unwrap(), "HEAD");
         let page = tokio::time::timeout(WITHIN, second.next()).await.unwrap();
         assert_eq!(page.unwrap().unwrap(), "[0.5]");
-        drop((first, second));
+        drop((first, second, other));
         assert_eq!(state.encoders.status(), []);
     }
 }

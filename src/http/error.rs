@@ -13,7 +13,7 @@ pub enum AppError {
     #[error("{0}")]
     BadParameter(String),
     #[error(
-        "no such endpoint (try /stream.pcm, /stream.wav, /stream.ndjson, /stream.flac, /status, /healthz)"
+        "no such endpoint (try /stream.pcm, /stream.wav, /stream.ndjson, /stream.opus, /stream.flac, /status, /healthz)"
     )]
     NotFound,
     #[error("method not allowed; streams and status are GET")]

@@ -12,6 +12,7 @@ use axum::{Json, Router};
 use serde_json::{Value, json};
 
 use super::AppState;
+use crate::codec::Codec;
 use crate::stats::{Endpoint, SourceState, Stats};
 
 /// `/status`; `/healthz` is routed by the caller, outside access control.
@@ -93,6 +94,9 @@ fn encoders(state: &AppState) -> Value {
                 "state": if encoder.fault.is_some() { "failed" } else { "running" },
                 "listeners": encoder.listeners.unwrap_or(0),
             });
+            if let Codec::Opus { bitrate_kbps } = encoder.codec {
+                entry["bitrate_kbps"] = json!(bitrate_kbps);
+            }
             if let Some(fault) = encoder.fault {
                 entry["error"] = json!(fault);
             }
