@@ -310,6 +310,11 @@ async fn opus_refuses_more_than_two_channels_and_flac_takes_them() {
     let api = Api::new(server.addr);
     let message = json_error(api.get("/stream.opus").await, 501).await;
     assert!(message.contains("1 or 2 channels"), "{message}");
+    let status = api.status().await;
+    assert_eq!(
+        status["endpoints"]["opus"]["listeners"]["total"], 0,
+        "{status}"
+    );
     let flac = api.body("/stream.flac?frames=2").await;
     assert_eq!(&flac[..4], b"fLaC");
     server.stop().await;

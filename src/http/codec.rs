@@ -58,9 +58,11 @@ fn respond(
     content_type: &'static str,
     frames: Option<u64>,
 ) -> Result<Response, AppError> {
-    // Counted first, so that a full server starts no encoder.
-    let membership = state.hub.join(codec.endpoint())?;
+    // The stream first, so that a request the codec cannot serve is never counted as a
+    // listener; an encoder started for a listener then refused (the server is full) stops at
+    // once.
     let stream = state.encoders.open(codec)?;
+    let membership = state.hub.join(codec.endpoint())?;
     let body = EncodedBody {
         header: Some(stream.header.clone()),
         stream,
