@@ -209,6 +209,12 @@ mod tests {
         Frame::new(seq, seq * 4, 0.0, FORMAT, vec![value; 4].into())
     }
 
+    /// The next chunk of a body, within [`WITHIN`].
+    async fn next(body: &mut axum::body::BodyDataStream) -> Bytes {
+        let chunk = tokio::time::timeout(WITHIN, body.next()).await;
+        chunk.unwrap().expect("the body goes on").unwrap()
+    }
+
     async fn get(app: &Router, uri: &str) -> axum::response::Response {
         let request = Request::get(uri).body(Body::empty()).unwrap();
         app.clone().oneshot(request).await.unwrap()
@@ -266,6 +272,40 @@ mod tests {
             samples.iter().step_by(4).copied().collect::<Vec<_>>(),
             [0.5, -0.5, 0.25, 0.125]
         );
+    }
+
+    #[tokio::test]
+    async fn a_listener_that_falls_behind_skips_whole_pages_and_the_others_get_all() {
+        let (publisher, app, state) = server();
+        let mut fast = get(&app, "/stream.flac")
+            .await
+            .into_body()
+            .into_data_stream();
+        let mut slow = get(&app, "/stream.flac")
+            .await
+            .into_body()
+            .into_data_stream();
+        assert_eq!(next(&mut fast).await, "HEAD");
+        assert_eq!(next(&mut slow).await, "HEAD");
+        // One frame at a time, each page taken by the fast listener before the next frame:
+        // the encoder keeps up, the slow listener reads nothing.
+        for seq in 0..40u16 {
+            publisher.publish(frame(u64::from(seq), f32::from(seq)));
+            assert_eq!(next(&mut fast).await, format!("[{seq}]"));
+        }
+        // The page broadcast holds 16 pages: the slow listener gets the last 16, told of 24.
+        for seq in 24..40 {
+            assert_eq!(next(&mut slow).await, format!("[{seq}]"));
+        }
+        let skipped = state
+            .stats
+            .endpoint(Endpoint::Flac)
+            .pages_skipped
+            .load(Relaxed);
+        assert_eq!(skipped, 24);
+        publisher.publish(frame(40, 40.0));
+        assert_eq!(next(&mut slow).await, "[40]");
+        assert_eq!(next(&mut fast).await, "[40]");
     }
 
     #[tokio::test]
