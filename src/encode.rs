@@ -63,6 +63,19 @@ pub fn s16_to_f32(sample: i16) -> f32 {
     f32::from(sample) / 32768.0
 }
 
+/// Converts a float sample to a 24-bit integer: scaled by 2^23, rounded to nearest (halves away
+/// from zero), clamped. NaN becomes 0. Exact for every sample of an integer source of up to 24
+/// bits, whose float is `s / 2^(bits - 1)`.
+pub fn f32_to_s24(sample: f32) -> i32 {
+    if sample.is_nan() {
+        return 0;
+    }
+    // Scaling by a power of two is exact, and every f32 below 2^24 rounds exactly.
+    (sample * 8_388_608.0)
+        .round()
+        .clamp(-8_388_608.0, 8_388_607.0) as i32
+}
+
 // Both fill a zeroed buffer through fixed-size chunks rather than `BytesMut::put_*` per
 // sample, whose length bookkeeping keeps the loops from vectorising.
 
@@ -208,6 +221,23 @@ mod tests {
         assert_eq!(f32_to_s16(0.6 / 32768.0), 1);
         assert_eq!(f32_to_s16(0.4 / 32768.0), 0);
         assert_eq!(f32_to_s16(-0.6 / 32768.0), -1);
+    }
+
+    #[test]
+    fn s24_conversion_is_exact_for_integer_sources_and_clamps() {
+        for s in (-(1 << 23)..(1 << 23))
+            .step_by(97)
+            .chain([-(1 << 23), (1 << 23) - 1])
+        {
+            assert_eq!(f32_to_s24(s as f32 / 8_388_608.0), s);
+        }
+        for s in i16::MIN..=i16::MAX {
+            assert_eq!(f32_to_s24(s16_to_f32(s)), i32::from(s) << 8);
+        }
+        assert_eq!(f32_to_s24(1.0), (1 << 23) - 1);
+        assert_eq!(f32_to_s24(-2.0), -(1 << 23));
+        assert_eq!(f32_to_s24(f32::NAN), 0);
+        assert_eq!(f32_to_s24(f32::NEG_INFINITY), -(1 << 23));
     }
 
     proptest! {

@@ -177,10 +177,10 @@ impl Hub {
         Ok(self.subscription(sender, Some(membership)))
     }
 
-    /// Subscribes pcmcast's own consumer of the frames (the Icecast push): it is skipped
-    /// forward like a listener when it falls behind, but it is not a listener, so it is neither
-    /// counted in the listener stats (nor its skips in `frames_skipped`) nor refused by
-    /// `max_listeners`.
+    /// Subscribes one of pcmcast's own consumers of the frames (a codec's encoder, see
+    /// [`crate::codec`], or the Icecast push): it is skipped forward like a listener when it
+    /// falls behind, but it is not a listener, so it is neither counted in the listener stats
+    /// (nor its skips in `frames_skipped`) nor refused by `max_listeners`.
     pub fn tap(&self) -> Result<Subscription, SubscribeError> {
         let sender = self.sender.upgrade().ok_or(SubscribeError::Ended)?;
         Ok(self.subscription(sender, None))
@@ -222,7 +222,7 @@ pub struct Delivery {
 /// A listener's view of the hub: a stream of [`Delivery`]s that ends when the hub closes.
 /// Dropping it unsubscribes the listener at once.
 pub struct Subscription {
-    /// `None` for a [`Hub::tap`], which is not a listener.
+    /// `None` for a [`Hub::tap`] (an encoder, the Icecast push), which is not a listener.
     membership: Option<Membership>,
     burst: VecDeque<Arc<Frame>>,
     next: ReusableBoxFuture<'static, (Option<Delivery>, broadcast::Receiver<Arc<Frame>>)>,
@@ -302,6 +302,14 @@ pub struct Membership {
 impl Membership {
     pub fn endpoint(&self) -> Endpoint {
         self.endpoint
+    }
+
+    /// Counts pages of an encoded stream this listener missed because it fell behind.
+    pub fn skipped_pages(&self, pages: u64) {
+        self.stats
+            .endpoint(self.endpoint)
+            .pages_skipped
+            .fetch_add(pages, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Counts body bytes sent to this listener.

@@ -1,6 +1,7 @@
-//! pcmcast captures audio once and streams it to any number of HTTP listeners as raw PCM, WAV
-//! or NDJSON. The producer runs whether or not anyone listens, every listener gets every frame
-//! as soon as it exists, and a slow or dead listener never stalls the source or the others.
+//! pcmcast captures audio once and streams it to any number of HTTP listeners as raw PCM, WAV,
+//! NDJSON, Opus or FLAC. The producer runs whether or not anyone listens, every listener gets
+//! every frame as soon as it exists, and a slow or dead listener never stalls the source or the
+//! others.
 //!
 //! # Layout
 //!
@@ -9,7 +10,9 @@
 //! ```text
 //! source::{capture, wav, tone, relay} ──push──▶ ring (SPSC, lock-free) ──pop──▶ framer ──▶ hub ─┬─▶ fanout: PCM, WAV, NDJSON
 //!   paced, own thread                  overflow: count, drop           thread    broadcast  │   sockets written directly
-//!                                                                                of Arc<Frame>└─▶ http: SSE, WebSocket bodies
+//!                                                                                of Arc<Frame>├─▶ http: SSE, WebSocket bodies
+//!                                                                                             └─▶ codec: one encoder per stream:
+//!                                                                                                 Opus, FLAC pages
 //! ```
 //!
 //! - [`config`]: command line and validated [`Settings`].
@@ -17,6 +20,7 @@
 //! - [`framer`]: cuts fixed-size [`frame::Frame`]s; [`encode`]: their wire encodings.
 //! - [`hub`]: the bounded broadcast with per-listener skip-forward.
 //! - [`fanout`]: the threads that write raw PCM, WAV and NDJSON frames straight to sockets.
+//! - [`codec`]: the Opus and FLAC encoders, each run once for all its listeners.
 //! - [`http`]: the axum endpoints; [`stats`]: the shared counters they report.
 //! - [`server`]: the accept loop and the limits every connection lives under.
 //! - [`icecast`]: the push of the stream to an Icecast server (`--icecast`), one more
@@ -25,6 +29,7 @@
 //! The library never binds a port or installs a signal handler: [`Pcmcast::run`] takes a
 //! bound listener and a cancellation token, so tests run real servers on `127.0.0.1:0`.
 
+pub mod codec;
 pub mod config;
 pub mod encode;
 pub mod fanout;
@@ -159,8 +164,17 @@ impl Pcmcast {
         });
 
         let tasks = TaskTracker::new();
+        let encoders = codec::Encoders::new(
+            hub.clone(),
+            stats.clone(),
+            format,
+            settings.frame_size_samples,
+            shutdown.clone(),
+            tasks.clone(),
+        );
         let state = Arc::new(http::AppState {
             hub,
+            encoders,
             stats,
             source: info,
             frame_size_samples: settings.frame_size_samples,

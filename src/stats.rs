@@ -63,16 +63,23 @@ pub enum Endpoint {
     Ndjson = 2,
     Events = 3,
     Ws = 4,
+    Opus = 5,
+    Flac = 6,
 }
 
 impl Endpoint {
-    pub const ALL: [Endpoint; 5] = [
+    pub const ALL: [Endpoint; 7] = [
         Endpoint::Pcm,
         Endpoint::Wav,
         Endpoint::Ndjson,
         Endpoint::Events,
         Endpoint::Ws,
+        Endpoint::Opus,
+        Endpoint::Flac,
     ];
+
+    /// The endpoints served by an encoder of their own (see [`crate::codec`]).
+    pub const ENCODED: [Endpoint; 2] = [Endpoint::Opus, Endpoint::Flac];
 
     /// The name used in `/status` and as the `endpoint` label in `/metrics`.
     pub fn name(self) -> &'static str {
@@ -82,6 +89,8 @@ impl Endpoint {
             Endpoint::Ndjson => "ndjson",
             Endpoint::Events => "events",
             Endpoint::Ws => "ws",
+            Endpoint::Opus => "opus",
+            Endpoint::Flac => "flac",
         }
     }
 }
@@ -94,6 +103,13 @@ pub struct EndpointStats {
     pub listeners_total: AtomicU64,
     /// Body bytes handed to the HTTP layer for this endpoint's listeners.
     pub bytes_sent: AtomicU64,
+    /// Encoded endpoints only: CPU time their encoders used, the audio they encoded (source
+    /// samples per channel), times an encoder failed, and pages listeners missed because they
+    /// fell behind.
+    pub encoder_cpu_ns: AtomicU64,
+    pub encoded_source_samples: AtomicU64,
+    pub encoder_faults: AtomicU64,
+    pub pages_skipped: AtomicU64,
 }
 
 pub struct Stats {
@@ -108,7 +124,7 @@ pub struct Stats {
     pub listeners_total: AtomicU64,
     /// Listeners dropped because their connection took nothing for as long as the backlog.
     pub listeners_dropped: AtomicU64,
-    endpoints: [EndpointStats; 5],
+    endpoints: [EndpointStats; Endpoint::ALL.len()],
     source_state: AtomicU8,
     /// Nanoseconds after `started` at which the last frame was published, or `NEVER`.
     last_frame_ns: AtomicU64,

@@ -28,6 +28,8 @@ const PROTECTED: &[&str] = &[
     "/stream.wav?frames=2",
     "/stream.ndjson?frames=2",
     "/events?frames=2",
+    "/stream.opus?frames=2",
+    "/stream.flac?frames=2",
     "/status",
     "/metrics",
 ];

@@ -606,3 +606,85 @@ async fn the_page_and_its_assets_are_served_with_their_types() {
     }
     server.stop().await;
 }
+
+/// `<audio src=/stream.opus>` and `<audio src=/stream.flac>` play in Chromium: each element,
+/// joining its stream mid-stream (another listener keeps the encoder running), advances its
+/// `currentTime` by a second and more with no media error. They start from a click on a button
+/// the test adds (autoplay wants a user gesture) to `/healthz`, a page with no
+/// Content-Security-Policy to forbid media.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audio_elements_play_the_compressed_streams() {
+    let started = Instant::now();
+    let server = common::start(&["--tone", "440", "--rate", "44100"]).await;
+    let mut keep_running = Vec::new();
+    for path in ["/stream.opus", "/stream.flac"] {
+        let mut first = reqwest::get(server.url(path)).await.unwrap();
+        assert_eq!(first.status(), 200, "{path}");
+        first.chunk().await.unwrap().expect("the header");
+        keep_running.push(tokio::spawn(async move {
+            while let Ok(Some(_)) = first.chunk().await {}
+        }));
+    }
+    let driver = Chromedriver::start("browser-audio-elements").await;
+    let browser = driver.session().await;
+    browser.goto(&server.url("/healthz")).await;
+    browser
+        .eval(
+            "window.players = {};
+             const button = document.createElement('button');
+             button.id = 'start';
+             button.textContent = 'Play';
+             button.onclick = () => {
+                 for (const name of ['opus', 'flac']) {
+                     const audio = new Audio('/stream.' + name);
+                     audio.play().catch(error => { audio.dataset.refused = String(error); });
+                     window.players[name] = audio;
+                 }
+             };
+             document.body.append(button);",
+        )
+        .await;
+    browser.click("start").await;
+    let state = |name: &str| {
+        format!(
+            "const a = window.players.{name};
+             return {{time: a.currentTime, paused: a.paused, ready: a.readyState,
+                      error: a.error && a.error.message, refused: a.dataset.refused || null}};"
+        )
+    };
+    for name in ["opus", "flac"] {
+        let played = eventually(
+            &format!("<audio src=/stream.{name}> plays"),
+            Duration::from_secs(10),
+            || async {
+                let s = browser.eval(&state(name)).await;
+                assert!(
+                    s["error"].is_null() && s["refused"].is_null(),
+                    "{name}: {s}"
+                );
+                ready(s["time"].as_f64() > Some(1.0) && s["paused"] == false, s)
+            },
+        )
+        .await;
+        println!(
+            "/stream.{name} in <audio> after {:?}: {played}",
+            started.elapsed()
+        );
+    }
+    let status = common::get_json(server.url("/status")).await;
+    assert_eq!(
+        status["endpoints"]["opus"]["listeners"]["current"], 2,
+        "{status}"
+    );
+    assert_eq!(
+        status["endpoints"]["flac"]["listeners"]["current"], 2,
+        "{status}"
+    );
+
+    browser.close().await;
+    drop(driver);
+    for task in keep_running {
+        task.abort();
+    }
+    server.stop().await;
+}

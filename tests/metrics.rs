@@ -16,12 +16,12 @@ use pcmcast::source::tone;
 
 const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-const ENDPOINTS: [&str; 5] = ["pcm", "wav", "ndjson", "events", "ws"];
+const ENDPOINTS: [&str; 7] = ["pcm", "wav", "ndjson", "events", "ws", "opus", "flac"];
 
 const STATES: [&str; 5] = ["starting", "running", "ended", "stopped", "reconnecting"];
 
 /// Every metric family the contract asks for, with its type.
-const FAMILIES: [(&str, &str); 19] = [
+const FAMILIES: [(&str, &str); 23] = [
     ("pcmcast_source_info", "gauge"),
     ("pcmcast_source_state", "gauge"),
     ("pcmcast_source_up", "gauge"),
@@ -34,6 +34,10 @@ const FAMILIES: [(&str, &str); 19] = [
     ("pcmcast_listeners_peak", "gauge"),
     ("pcmcast_listeners_total", "counter"),
     ("pcmcast_sent_bytes_total", "counter"),
+    ("pcmcast_encoder_cpu_seconds_total", "counter"),
+    ("pcmcast_encoded_audio_seconds_total", "counter"),
+    ("pcmcast_encoder_faults_total", "counter"),
+    ("pcmcast_pages_skipped_total", "counter"),
     ("pcmcast_all_listeners_current", "gauge"),
     ("pcmcast_all_listeners_peak", "gauge"),
     ("pcmcast_all_listeners_total", "counter"),
@@ -83,7 +87,7 @@ impl Metrics {
     }
 
     /// One metric's value for every endpoint, in `ENDPOINTS` order.
-    fn per_endpoint(&self, name: &str) -> [f64; 5] {
+    fn per_endpoint(&self, name: &str) -> [f64; 7] {
         ENDPOINTS.map(|endpoint| self.endpoint(name, endpoint))
     }
 
@@ -203,7 +207,7 @@ async fn metrics_pass_promtool_and_cover_the_contract() {
         "pcmcast_listeners_total",
         "pcmcast_sent_bytes_total",
     ] {
-        assert_eq!(metrics.per_endpoint(name), [0.0; 5], "{name}");
+        assert_eq!(metrics.per_endpoint(name), [0.0; 7], "{name}");
     }
 
     let amplitude_dbfs = 20.0 * f64::from(tone::AMPLITUDE).log10();
@@ -242,7 +246,7 @@ async fn metrics_follow_listeners_and_the_source() {
     let _stop = server.shutdown.clone().drop_guard();
     let api = Api::new(server.addr);
     let before = api.wait_for_frames_metric("a first frame", 0.0).await;
-    assert_eq!(before.per_endpoint("pcmcast_listeners_total"), [0.0; 5]);
+    assert_eq!(before.per_endpoint("pcmcast_listeners_total"), [0.0; 7]);
     assert_eq!(before.endpoint("pcmcast_sent_bytes_total", "pcm"), 0.0);
 
     let mut pcm = [
@@ -250,16 +254,17 @@ async fn metrics_follow_listeners_and_the_source() {
         api.get_ok("/stream.pcm").await,
     ];
     let mut ndjson = api.get_ok("/stream.ndjson").await;
+    let mut flac = api.get_ok("/stream.flac").await;
     let during = api.metrics().await;
     promtool_check(&during.text);
-    let one_each = [2.0, 0.0, 1.0, 0.0, 0.0];
+    let one_each = [2.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0];
     assert_eq!(during.per_endpoint("pcmcast_listeners_current"), one_each);
     assert_eq!(during.per_endpoint("pcmcast_listeners_peak"), one_each);
     assert_eq!(during.per_endpoint("pcmcast_listeners_total"), one_each);
     let overall = |m: &Metrics| {
         ["current", "peak", "total"].map(|k| m.value(&format!("pcmcast_all_listeners_{k}")))
     };
-    assert_eq!(overall(&during), [3.0, 3.0, 3.0]);
+    assert_eq!(overall(&during), [4.0, 4.0, 4.0]);
 
     // Whatever a listener has received was counted as sent: reading more than had been sent at
     // the scrape proves the counter grew, and by at least that much.
@@ -289,17 +294,39 @@ async fn metrics_follow_listeners_and_the_source() {
     );
     assert!(after.endpoint("pcmcast_sent_bytes_total", "ndjson") >= ndjson_received as f64);
 
+    // The FLAC listener's encoder counts its CPU time and the audio it encoded.
+    within(STEP, "FLAC pages", async {
+        for _ in 0..3 {
+            flac.chunk()
+                .await
+                .expect("reading")
+                .expect("the stream goes on");
+        }
+    })
+    .await;
+    let encoded = api
+        .wait_for("the FLAC encoder's accounts", |m| {
+            m.endpoint("pcmcast_encoded_audio_seconds_total", "flac") >= 0.02
+                && m.endpoint("pcmcast_encoder_cpu_seconds_total", "flac") > 0.0
+        })
+        .await;
+    assert_eq!(
+        encoded.endpoint("pcmcast_encoder_faults_total", "flac"),
+        0.0
+    );
+
     drop(pcm);
     drop(ndjson);
+    drop(flac);
     let left = api
         .wait_for("every listener gone", |m| {
             m.value("pcmcast_all_listeners_current") == 0.0
-                && m.per_endpoint("pcmcast_listeners_current") == [0.0; 5]
+                && m.per_endpoint("pcmcast_listeners_current") == [0.0; 7]
         })
         .await;
     assert_eq!(left.per_endpoint("pcmcast_listeners_peak"), one_each);
     assert_eq!(left.per_endpoint("pcmcast_listeners_total"), one_each);
-    assert_eq!(overall(&left), [0.0, 3.0, 3.0]);
+    assert_eq!(overall(&left), [0.0, 4.0, 4.0]);
     assert!(left.endpoint("pcmcast_sent_bytes_total", "pcm") >= sent_after);
     server.stop().await;
 }

@@ -61,6 +61,16 @@ const ENDPOINTS: &[Endpoint] = &[
         params: &["format", "frames"],
         formats: &["f32le", "json"],
     },
+    Endpoint {
+        path: "/stream.opus",
+        params: &["bitrate", "frames"],
+        formats: &[],
+    },
+    Endpoint {
+        path: "/stream.flac",
+        params: &["frames"],
+        formats: &[],
+    },
 ];
 
 /// Every format any endpoint accepts, and near misses of them.
@@ -154,6 +164,9 @@ fn valid_value(endpoint: &Endpoint, name: &str) -> BoxedStrategy<String> {
         "frames" => (1..=u64::MAX).prop_map(|n| n.to_string()).boxed(),
         "format" => proptest::sample::select(endpoint.formats)
             .prop_map(str::to_owned)
+            .boxed(),
+        "bitrate" => proptest::sample::select(&pcmcast::codec::opus::BITRATES_KBPS[..])
+            .prop_map(|kbps| kbps.to_string())
             .boxed(),
         "token" => any::<String>().boxed(),
         _ => unreachable!("{name} is not a parameter of {}", endpoint.path),

@@ -4,6 +4,7 @@ use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
+use crate::codec::OpenError;
 use crate::hub::SubscribeError;
 
 #[derive(Debug, thiserror::Error)]
@@ -11,7 +12,9 @@ pub enum AppError {
     /// A query parameter is unknown, repeated or has a bad value; the message names it.
     #[error("{0}")]
     BadParameter(String),
-    #[error("no such endpoint (try /stream.pcm, /stream.wav, /stream.ndjson, /status, /healthz)")]
+    #[error(
+        "no such endpoint (try /stream.pcm, /stream.wav, /stream.ndjson, /stream.opus, /stream.flac, /status, /healthz)"
+    )]
     NotFound,
     #[error("method not allowed; streams and status are GET")]
     MethodNotAllowed,
@@ -21,6 +24,31 @@ pub enum AppError {
     Full,
     #[error("missing or wrong token; send Authorization: Bearer TOKEN or ?token=TOKEN")]
     Unauthorized,
+    /// The source's format cannot be carried by this endpoint's codec; the message says why.
+    #[error("{0}")]
+    Unsupported(String),
+    /// The endpoint's encoder failed; it may be tried again after `retry_after_s`.
+    #[error(
+        "this stream's encoder failed ({message}); try again in {retry_after_s} s or use /stream.pcm"
+    )]
+    EncoderFailed { message: String, retry_after_s: u64 },
+}
+
+impl From<OpenError> for AppError {
+    fn from(error: OpenError) -> AppError {
+        match error {
+            OpenError::Unsupported(reason) => AppError::Unsupported(reason),
+            OpenError::Faulted {
+                message,
+                retry_after,
+            } => AppError::EncoderFailed {
+                message,
+                // Rounded up: a client that waits this long finds the stream open again.
+                retry_after_s: retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0),
+            },
+            OpenError::Subscribe(error) => error.into(),
+        }
+    }
 }
 
 impl From<SubscribeError> for AppError {
@@ -41,7 +69,10 @@ impl AppError {
             AppError::BadParameter(_) => StatusCode::BAD_REQUEST,
             AppError::NotFound => StatusCode::NOT_FOUND,
             AppError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            AppError::SourceEnded | AppError::Full => StatusCode::SERVICE_UNAVAILABLE,
+            AppError::SourceEnded | AppError::Full | AppError::EncoderFailed { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            AppError::Unsupported(_) => StatusCode::NOT_IMPLEMENTED,
             AppError::Unauthorized => StatusCode::UNAUTHORIZED,
         }
     }
@@ -55,6 +86,9 @@ impl IntoResponse for AppError {
         match self {
             AppError::Full => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_S));
+            }
+            AppError::EncoderFailed { retry_after_s, .. } => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after_s));
             }
             AppError::Unauthorized => {
                 headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));

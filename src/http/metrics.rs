@@ -137,6 +137,35 @@ fn render(state: &AppState, up: bool) -> String {
         stats,
         |e| &e.bytes_sent,
     );
+    let rate_hz = f64::from(source.format.rate_hz);
+    out.per_encoded_endpoint(
+        "pcmcast_encoder_cpu_seconds_total",
+        Counter,
+        "CPU time the encoders of a compressed stream endpoint have used.",
+        stats,
+        |e| e.encoder_cpu_ns.load(Relaxed) as f64 / 1e9,
+    );
+    out.per_encoded_endpoint(
+        "pcmcast_encoded_audio_seconds_total",
+        Counter,
+        "Audio the encoders of a compressed stream endpoint have encoded.",
+        stats,
+        |e| e.encoded_source_samples.load(Relaxed) as f64 / rate_hz,
+    );
+    out.per_encoded_endpoint(
+        "pcmcast_encoder_faults_total",
+        Counter,
+        "Times an encoder of a compressed stream endpoint failed (its listeners were disconnected).",
+        stats,
+        |e| e.encoder_faults.load(Relaxed) as f64,
+    );
+    out.per_encoded_endpoint(
+        "pcmcast_pages_skipped_total",
+        Counter,
+        "Pages of a compressed stream that listeners missed because they fell behind.",
+        stats,
+        |e| e.pages_skipped.load(Relaxed) as f64,
+    );
     out.single(
         "pcmcast_all_listeners_current",
         Gauge,
@@ -333,6 +362,22 @@ impl Exposition {
         self.family(name, kind, help);
         for endpoint in Endpoint::ALL {
             let value = counter(stats.endpoint(endpoint)).load(Relaxed);
+            self.sample(name, &[("endpoint", &endpoint.name())], value);
+        }
+    }
+
+    /// A family of one sample per compressed stream endpoint, `endpoint` label.
+    fn per_encoded_endpoint(
+        &mut self,
+        name: &str,
+        kind: Kind,
+        help: &str,
+        stats: &Stats,
+        value: impl Fn(&EndpointStats) -> f64,
+    ) {
+        self.family(name, kind, help);
+        for endpoint in Endpoint::ENCODED {
+            let value = value(stats.endpoint(endpoint));
             self.sample(name, &[("endpoint", &endpoint.name())], value);
         }
     }

@@ -5,6 +5,7 @@
 //! assets and `/healthz` stay open.
 
 mod access;
+mod codec;
 mod error;
 mod events;
 mod json;
@@ -23,6 +24,7 @@ use axum::routing::get;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::codec::Encoders;
 use crate::config::Access;
 use crate::hub::Hub;
 use crate::icecast::PushStatus;
@@ -32,6 +34,8 @@ pub use error::AppError;
 
 pub struct AppState {
     pub hub: Hub,
+    /// The encoders of the compressed streams, started by their first listener.
+    pub encoders: Encoders,
     pub stats: Arc<Stats>,
     pub source: SourceInfo,
     pub frame_size_samples: usize,
@@ -48,6 +52,7 @@ pub struct AppState {
 pub fn app(state: Arc<AppState>) -> Router {
     let protected = Router::new()
         .merge(pcm::routes())
+        .merge(codec::routes())
         .merge(json::routes())
         .merge(events::routes())
         .merge(ws::routes())

@@ -5,6 +5,7 @@
 //! as `\u{FFFD}`). So a `format` or `frames` value that is not UTF-8 is never a valid one, and an
 //! error about a name that is not UTF-8 quotes the name in that lossy form.
 
+use crate::codec::opus;
 use crate::encode::PcmFormat;
 
 use super::AppError;
@@ -15,6 +16,8 @@ pub struct StreamParams<F = PcmFormat> {
     pub format: Option<F>,
     /// End the stream after this many frames.
     pub frames: Option<u64>,
+    /// `/stream.opus`: the bitrate in kbit/s, one of [`opus::BITRATES_KBPS`].
+    pub bitrate_kbps: Option<u32>,
 }
 
 // By hand: derived, it would require `F: Default`.
@@ -23,6 +26,7 @@ impl<F> Default for StreamParams<F> {
         StreamParams {
             format: None,
             frames: None,
+            bitrate_kbps: None,
         }
     }
 }
@@ -60,6 +64,7 @@ pub fn parse_with<F>(
         match name.as_ref() {
             "format" => params.format = Some(parse_format(&value)?),
             "frames" => params.frames = Some(parse_frames(&value)?),
+            "bitrate" => params.bitrate_kbps = Some(parse_bitrate(&value)?),
             TOKEN => {}
             _ => unreachable!("every allowed parameter is handled"),
         }
@@ -88,11 +93,27 @@ fn parse_frames(value: &str) -> Result<u64, AppError> {
     }
 }
 
+/// kbit/s, one of the offered bitrates.
+fn parse_bitrate(value: &str) -> Result<u32, AppError> {
+    let digits = !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit());
+    match value.parse::<u32>() {
+        Ok(kbps) if digits && opus::BITRATES_KBPS.contains(&kbps) => Ok(kbps),
+        _ => {
+            let offered: Vec<String> = opus::BITRATES_KBPS.iter().map(u32::to_string).collect();
+            Err(AppError::BadParameter(format!(
+                "parameter 'bitrate' must be one of {} (kbit/s), got '{value}'",
+                offered.join(", ")
+            )))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     const PCM: &[&str] = &["format", "frames"];
+    const OPUS: &[&str] = &["bitrate", "frames"];
 
     fn error(query: &str, allowed: &[&str]) -> String {
         parse(Some(query), allowed).unwrap_err().to_string()
@@ -105,7 +126,8 @@ mod tests {
             parse(Some("format=s16le&frames=5"), PCM).unwrap(),
             StreamParams {
                 format: Some(PcmFormat::S16le),
-                frames: Some(5)
+                frames: Some(5),
+                bitrate_kbps: None,
             }
         );
     }
@@ -124,6 +146,22 @@ mod tests {
         assert!(error("format=%FF", PCM).contains("'format'"));
         assert!(error("frames=%FF", PCM).contains("'frames'"));
         assert!(error("%FF%FE=1", PCM).contains("unknown parameter '\u{FFFD}\u{FFFD}'"));
+        for bad in ["95", "96k", "+96", "96000", "", "-1"] {
+            let message = error(&format!("bitrate={bad}"), OPUS);
+            assert!(
+                message.contains("'bitrate' must be one of 32, 48"),
+                "{bad}: {message}"
+            );
+        }
+        assert!(error("bitrate=96", PCM).contains("unknown parameter 'bitrate'"));
+    }
+
+    #[test]
+    fn bitrate_takes_the_offered_values() {
+        for kbps in opus::BITRATES_KBPS {
+            let query = format!("bitrate={kbps}&frames=2");
+            assert_eq!(parse(Some(&query), OPUS).unwrap().bitrate_kbps, Some(kbps));
+        }
     }
 
     #[test]
@@ -138,7 +176,8 @@ mod tests {
             parse(Some("frames=3&token=t&format=s16le"), PCM).unwrap(),
             StreamParams {
                 format: Some(PcmFormat::S16le),
-                frames: Some(3)
+                frames: Some(3),
+                bitrate_kbps: None,
             }
         );
         assert!(error("token=a&token=b", PCM).contains("more than once"));

@@ -13,8 +13,9 @@ use axum::{Json, Router};
 use serde_json::{Value, json};
 
 use super::AppState;
+use crate::codec::Codec;
 use crate::icecast::PushStatus;
-use crate::stats::SourceState;
+use crate::stats::{Endpoint, SourceState, Stats};
 
 /// `/status`; `/healthz` is routed by the caller, outside access control.
 pub fn routes() -> Router<Arc<AppState>> {
@@ -43,6 +44,8 @@ async fn status(State(state): State<Arc<AppState>>) -> Json<Value> {
             "dropped": stats.listeners_dropped.load(Relaxed),
         },
         "frames_skipped": stats.frames_skipped.load(Relaxed),
+        "endpoints": endpoints(stats),
+        "encoders": encoders(&state),
         "backlog_frames": state.hub.backlog_frames(),
         "uptime_s": stats.uptime().as_secs_f64(),
         "level": {
@@ -67,6 +70,57 @@ fn icecast(push: &PushStatus) -> Value {
         "frames_skipped": push.frames_skipped.load(Relaxed),
         "last_error": push.last_error(),
     })
+}
+
+/// Listeners and bytes sent per stream endpoint; for the encoded ones, also what their
+/// encoders cost: CPU seconds for the audio seconds they encoded.
+fn endpoints(stats: &Stats) -> Value {
+    let mut endpoints = serde_json::Map::new();
+    for endpoint in Endpoint::ALL {
+        let e = stats.endpoint(endpoint);
+        let mut entry = json!({
+            "listeners": {
+                "current": e.listeners_current.load(Relaxed),
+                "peak": e.listeners_peak.load(Relaxed),
+                "total": e.listeners_total.load(Relaxed),
+            },
+            "bytes_sent": e.bytes_sent.load(Relaxed),
+        });
+        if Endpoint::ENCODED.contains(&endpoint) {
+            entry["encoder"] = json!({
+                "cpu_s": e.encoder_cpu_ns.load(Relaxed) as f64 / 1e9,
+                "audio_samples": e.encoded_source_samples.load(Relaxed),
+                "faults": e.encoder_faults.load(Relaxed),
+                "pages_skipped": e.pages_skipped.load(Relaxed),
+            });
+        }
+        endpoints.insert(endpoint.name().to_owned(), entry);
+    }
+    Value::Object(endpoints)
+}
+
+/// The encoders running now, and those that failed within the last few seconds.
+fn encoders(state: &AppState) -> Value {
+    let list: Vec<Value> = state
+        .encoders
+        .status()
+        .into_iter()
+        .map(|encoder| {
+            let mut entry = json!({
+                "endpoint": encoder.codec.name(),
+                "state": if encoder.fault.is_some() { "failed" } else { "running" },
+                "listeners": encoder.listeners.unwrap_or(0),
+            });
+            if let Codec::Opus { bitrate_kbps } = encoder.codec {
+                entry["bitrate_kbps"] = json!(bitrate_kbps);
+            }
+            if let Some(fault) = encoder.fault {
+                entry["error"] = json!(fault);
+            }
+            entry
+        })
+        .collect();
+    Value::Array(list)
 }
 
 /// Decibels relative to full scale; `null` in JSON for silence.
