@@ -201,6 +201,7 @@ mod tests {
             access: Default::default(),
             shutdown,
             tasks,
+            icecast: None,
         });
         (publisher, super::super::app(state.clone()), state)
     }
