@@ -202,9 +202,9 @@ pub struct ServeArgs {
     /// http://[USER:]PASSWORD@HOST[:PORT]/MOUNT (user default: source); reconnects by itself.
     /// Give it in PCMCAST_ICECAST, which `ps` does not show
     ///
-    /// The mount's extension picks the encoding unless --icecast-format does: .wav pushes WAV,
-    /// any other raw s16le PCM (.opus, .ogg and .flac are not available yet). /status and
-    /// /metrics show the push's state. Percent-encode any of / ? # in the password.
+    /// The mount's extension picks the encoding unless --icecast-format does: .opus, .ogg and
+    /// .oga push Ogg/Opus (96 kbit/s), .wav WAV, any other raw s16le PCM (.flac is refused:
+    /// Icecast needs FLAC in Ogg). /status and /metrics show the push's state. Percent-encode any of / ? # in the password.
     #[arg(
         long,
         value_name = "URL",
@@ -443,6 +443,8 @@ mod tests {
         assert_eq!(plain.format, PushFormat::Pcm);
         let wav = push(&["--icecast", "http://source:pw@h:8000/live.wav"]);
         assert_eq!(wav.format, PushFormat::Wav);
+        let opus = push(&["--icecast", "http://source:pw@h:8000/live.opus"]);
+        assert_eq!(opus.format, PushFormat::Opus);
         let forced = push(&[
             "--icecast",
             "http://source:pw@h:8000/live.opus",

@@ -66,6 +66,12 @@ pub enum Error {
     FanoutThreads(#[source] std::io::Error),
     #[error("the HTTP server failed")]
     Serve(#[source] std::io::Error),
+    #[error("--icecast cannot push this source as {format}")]
+    IcecastFormat {
+        format: &'static str,
+        #[source]
+        cause: codec::CodecError,
+    },
 }
 
 /// How long open streams get to finish after shutdown or the end of the source before the
@@ -83,6 +89,14 @@ impl Pcmcast {
     /// Opens and validates the source, so that bad input fails before a port is bound.
     pub fn open(settings: Settings) -> Result<Pcmcast, Error> {
         let source = OpenSource::open(&settings.source)?;
+        if let Some(push) = &settings.icecast {
+            push.format
+                .encoder(source.info.format, settings.frame_size_samples)
+                .map_err(|cause| Error::IcecastFormat {
+                    format: push.format.name(),
+                    cause,
+                })?;
+        }
         Ok(Pcmcast { settings, source })
     }
 
@@ -151,6 +165,7 @@ impl Pcmcast {
             let stream = icecast::PushStream {
                 hub: hub.clone(),
                 format,
+                frame_size_samples: settings.frame_size_samples,
                 description: format!(
                     "pcmcast {} source, {} Hz, {} channels",
                     info.kind, format.rate_hz, format.channels

@@ -74,12 +74,21 @@ struct Heard {
 
 /// `LISTEN_S` seconds of the mount at `url`, decoded by ffmpeg as raw s16le stereo at 48 kHz.
 async fn listen(url: String) -> Heard {
+    listen_as(&["-f", "s16le", "-ar", "48000", "-ac", "2"], url).await
+}
+
+/// `LISTEN_S` seconds of the mount at `url`, read by ffmpeg with `input` options (none: it
+/// finds the format itself), as s16le stereo at 48 kHz.
+async fn listen_as(input: &[&str], url: String) -> Heard {
     let seconds = LISTEN_S.to_string();
-    let args = [
-        "-nostdin", "-v", "error", "-f", "s16le", "-ar", "48000", "-ac", "2", "-i", &url, "-t",
-        &seconds, "-f", "s16le", "-",
-    ]
-    .map(String::from);
+    let mut args: Vec<String> = ["-nostdin", "-v", "error"].map(String::from).to_vec();
+    args.extend(input.iter().map(|arg| arg.to_string()));
+    args.extend(
+        [
+            "-i", &url, "-t", &seconds, "-f", "s16le", "-ar", "48000", "-ac", "2", "-",
+        ]
+        .map(String::from),
+    );
     let output = tokio::task::spawn_blocking(move || {
         common::output_within(Command::new("ffmpeg").args(args), Duration::from_secs(20))
     })
@@ -104,6 +113,24 @@ async fn listen(url: String) -> Heard {
 }
 
 impl Heard {
+    /// Level and frequency of the left channel: RMS, and Hz from its rising zero crossings.
+    fn level_and_frequency(&self) -> (f64, f64) {
+        let rms = (self.left.iter().map(|s| s * s).sum::<f64>() / self.left.len() as f64).sqrt();
+        let crossings: Vec<f64> = self
+            .left
+            .windows(2)
+            .enumerate()
+            .filter(|(_, pair)| pair[0] < 0.0 && pair[1] >= 0.0)
+            .map(|(i, pair)| i as f64 + pair[0] / (pair[0] - pair[1]))
+            .collect();
+        assert!(crossings.len() > 100, "{} crossings", crossings.len());
+        let span = crossings.last().unwrap() - crossings[0];
+        (
+            rms,
+            (crossings.len() - 1) as f64 * f64::from(RATE_HZ) / span,
+        )
+    }
+
     /// Checks this is pcmcast's tone, whole: the expected length, both channels equal, the
     /// tone's level, 440 Hz, and every period of it in place (no gap, no misaligned sample).
     /// Prints what it measured.
@@ -239,6 +266,43 @@ async fn listeners_of_the_mount_and_of_a_relay_decode_the_pushed_tone() {
         assert!(Instant::now() < deadline, "Icecast still serves {MOUNT}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Ogg/Opus, chosen by the mount's extension: Icecast parses it, and a listener who joins a
+/// second after the push began gets the header pages and decodes the tone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_opus_push_plays_for_listeners_who_join_late() {
+    const OPUS_MOUNT: &str = "/live.opus";
+    let master = Icecast::start("opus", free_port(), None).await;
+    let pcmcast = spawn_pushing(&master.source_url(OPUS_MOUNT));
+    let api = Api::new(pcmcast.addr);
+    let push = wait_for_push(&api, "streaming", STEP, |p| p["state"] == "streaming").await;
+    assert_eq!(
+        (&push["format"], &push["content_type"]),
+        (&"opus".into(), &"audio/ogg".into()),
+        "{push}"
+    );
+    let mount = master.wait_for_mount(OPUS_MOUNT, STEP).await;
+    println!("the Opus mount: {mount}");
+    assert_eq!(mount["server_type"], "audio/ogg");
+    // Joins late: well after the first pages.
+    api.wait_for_frames(100).await;
+    let heard = listen_as(&[], master.url(OPUS_MOUNT)).await;
+    let (rms, frequency_hz) = heard.level_and_frequency();
+    let expected_rms = f64::from(pcmcast::source::tone::AMPLITUDE) / 2f64.sqrt();
+    println!(
+        "a late listener of the Opus mount: {} samples per channel, RMS {rms:.4} (tone \
+         {expected_rms:.4}), {frequency_hz:.2} Hz",
+        heard.left.len()
+    );
+    assert_eq!(heard.left.len(), (LISTEN_S * f64::from(RATE_HZ)) as usize);
+    assert!(
+        (rms - expected_rms).abs() < 0.02,
+        "RMS {rms}, expected {expected_rms}"
+    );
+    assert!((frequency_hz - TONE_HZ).abs() < 0.5, "{frequency_hz} Hz");
+    let status = api.status().await;
+    assert_eq!(status["icecast"]["connects"], 1, "{status}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -425,14 +489,28 @@ fn bad_icecast_urls_fail_at_once_with_one_line_and_no_password() {
         ("http://source:s3cret@127.0.0.1:8000/", "names no mount"),
         ("http://source:s3cret@:8000/live", "no host"),
         (
-            "http://source:s3cret@127.0.0.1:8000/live.opus",
-            "cannot push yet",
+            "http://source:s3cret@127.0.0.1:8000/live.flac",
+            "cannot push (Icecast needs FLAC in Ogg)",
+        ),
+        // Opus carries 1 or 2 channels: checked before anything starts.
+        (
+            "http://source:s3cret@127.0.0.1:8000/live.opus 6",
+            "cannot push this source as opus",
         ),
     ];
-    for (url, needle) in cases {
+    for (case, needle) in cases {
+        let (url, channels) = case.split_once(' ').unwrap_or((case, "2"));
         let started = Instant::now();
-        let (code, stderr) =
-            common::run_to_exit(&["--tone", "440", "--bind", "127.0.0.1:0", "--icecast", url]);
+        let (code, stderr) = common::run_to_exit(&[
+            "--tone",
+            "440",
+            "--channels",
+            channels,
+            "--bind",
+            "127.0.0.1:0",
+            "--icecast",
+            url,
+        ]);
         let errors: Vec<&str> = stderr
             .lines()
             .filter(|l| !l.trim().is_empty() && !is_log_line(l))

@@ -158,6 +158,8 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 pub struct PushStream {
     pub hub: Hub,
     pub format: StreamFormat,
+    /// Samples per channel of the hub's frames.
+    pub frame_size_samples: usize,
     /// `Ice-Description`: one line, no control characters.
     pub description: String,
 }
@@ -201,7 +203,17 @@ pub async fn push(
                 status.connected();
                 tracing::info!(icecast = %url, format = settings.format.name(), "pushing to Icecast");
                 let started = Instant::now();
-                let encoder = settings.format.encoder(stream.format);
+                let encoder = match settings
+                    .format
+                    .encoder(stream.format, stream.frame_size_samples)
+                {
+                    Ok(encoder) => encoder,
+                    Err(error) => {
+                        // Checked by Pcmcast::open; cannot happen after it.
+                        tracing::error!(icecast = %url, "cannot encode the push: {error}");
+                        break;
+                    }
+                };
                 match client::send_body(socket, frames, encoder, status, &cancel).await {
                     Ok(End::Cancelled) => break,
                     Ok(End::SourceEnded) => {
@@ -326,6 +338,7 @@ mod tests {
         let stream = PushStream {
             hub,
             format: FORMAT,
+            frame_size_samples: 4,
             description: "test".to_owned(),
         };
         let task = tokio::spawn({
