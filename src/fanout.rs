@@ -30,7 +30,7 @@
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, Read, Write};
 use std::net::Shutdown;
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -54,6 +54,9 @@ const EVENTS: usize = 256;
 /// sending cannot hold the shard.
 const MAX_READS: usize = 4;
 
+/// Frames an idle shard keeps (or `--burst`, if more), so that a listener whose request arrived
+/// a moment before it was handed over still starts with the first frame after its request.
+const IDLE_FRAMES: usize = 8;
 /// Frames one write may carry: a listener more behind than this catches up over several.
 const MAX_FRAMES_PER_WRITE: usize = 16;
 /// Pieces a listener can have pending: a write that leaves a piece unfinished begins no other,
@@ -118,6 +121,8 @@ pub struct Fanout {
 struct Inner {
     shards: Vec<ShardHandle>,
     threads: Mutex<Vec<JoinHandle<()>>>,
+    /// Frames published so far: the index of the next.
+    published: AtomicU64,
     /// Notified whenever a closed shard has no listeners left.
     drained: Arc<Notify>,
 }
@@ -146,7 +151,8 @@ struct ShardShared {
 /// What the other threads leave for a shard.
 #[derive(Default)]
 struct Inbox {
-    frames: VecDeque<Arc<Frame>>,
+    /// Frames and their indices.
+    frames: VecDeque<(u64, Arc<Frame>)>,
     joining: Vec<Listener>,
     closed: bool,
     stopped: bool,
@@ -185,6 +191,7 @@ impl Fanout {
             inner: Arc::new(Inner {
                 shards,
                 threads: Mutex::new(threads),
+                published: AtomicU64::new(0),
                 drained,
             }),
         })
@@ -192,17 +199,18 @@ impl Fanout {
 
     /// Hands `frame` to every shard. Never waits for a listener.
     pub fn publish(&self, frame: &Arc<Frame>) {
+        let index = self.inner.published.fetch_add(1, Relaxed);
         for shard in &self.inner.shards {
             let mut inbox = lock(&shard.shared.inbox);
             let busy = !inbox.joining.is_empty() || shard.shared.listeners.load(Relaxed) > 0;
-            // A shard without listeners is not woken: it keeps only the burst for the next
-            // listener, here, and no frame longer than that.
+            // A shard without listeners is not woken: it keeps only what the next listener
+            // may start with, here, and no frame longer than that.
             let keep = if busy {
                 shard.shared.window_frames
             } else {
-                shard.shared.burst_frames
+                shard.shared.burst_frames.max(IDLE_FRAMES)
             };
-            inbox.frames.push_back(frame.clone());
+            inbox.frames.push_back((index, frame.clone()));
             while inbox.frames.len() > keep {
                 inbox.frames.pop_front();
             }
@@ -213,19 +221,27 @@ impl Fanout {
         }
     }
 
-    /// Takes over `socket`, whose response head has been written, to send it `stream`:
-    /// chunked (HTTP/1.1) or delimited by closing the connection (HTTP/1.0).
+    /// Index of the next frame to be published: where a listener whose request arrives now
+    /// starts (before its `--burst`).
+    pub fn position(&self) -> u64 {
+        self.inner.published.load(Relaxed)
+    }
+
+    /// Takes over `socket`, whose response head has been written, to send it `stream` from
+    /// frame `start` (a [`Fanout::position`] taken when its request arrived): chunked
+    /// (HTTP/1.1) or delimited by closing the connection (HTTP/1.0).
     pub fn add(
         &self,
         socket: std::net::TcpStream,
         chunked: bool,
         stream: DirectStream,
+        start: u64,
     ) -> io::Result<()> {
         socket.set_nonblocking(true)?;
         let sock = SockRef::from(&socket);
         sock.set_send_buffer_size(SEND_BUFFER_BYTES)?;
         sock.set_tcp_nodelay(true)?;
-        let listener = Listener::new(TcpStream::from_std(socket), chunked, stream);
+        let listener = Listener::new(TcpStream::from_std(socket), chunked, stream, start);
         let shard = self
             .inner
             .shards
@@ -311,7 +327,12 @@ struct Window {
 }
 
 impl Window {
-    fn push(&mut self, frame: Arc<Frame>) {
+    /// Adds frame `index`; after a gap (frames an idle shard let go), the window starts anew.
+    fn push(&mut self, index: u64, frame: Arc<Frame>) {
+        if index != self.end() {
+            self.frames.clear();
+            self.first = index;
+        }
         if self.frames.len() == self.capacity {
             self.frames.pop_front();
             self.first += 1;
@@ -448,12 +469,14 @@ impl Shard {
                 std::mem::swap(&mut inbox.joining, &mut joining);
                 (inbox.closed, inbox.stopped)
             };
-            for frame in arrived.drain(..) {
-                window.push(frame);
+            for (index, frame) in arrived.drain(..) {
+                window.push(index, frame);
             }
-            let burst_start = window.end().saturating_sub(self.limits.burst_frames as u64);
             for mut listener in joining.drain(..) {
-                listener.next = burst_start.max(window.first);
+                listener.next = listener
+                    .next
+                    .saturating_sub(self.limits.burst_frames as u64)
+                    .clamp(window.first, window.end());
                 self.admit(&mut listeners, listener);
             }
             if stopped {
@@ -575,7 +598,7 @@ enum Piece {
 }
 
 impl Listener {
-    fn new(socket: TcpStream, chunked: bool, stream: DirectStream) -> Listener {
+    fn new(socket: TcpStream, chunked: bool, stream: DirectStream, start: u64) -> Listener {
         let DirectStream {
             membership,
             encoding,
@@ -597,7 +620,7 @@ impl Listener {
             membership,
             encoding,
             chunked,
-            next: 0,
+            next: start,
             pending,
             remaining_frames: frames,
             ending: false,
@@ -943,7 +966,7 @@ mod tests {
             preamble: Some(Bytes::from_static(b"HEADER")),
             frames: Some(FRAMES),
         };
-        fanout.add(server, true, stream).unwrap();
+        fanout.add(server, true, stream, fanout.position()).unwrap();
         // Published far faster than the client reads: the socket takes most frames in pieces.
         let publisher = {
             let fanout = fanout.clone();
@@ -989,7 +1012,7 @@ mod tests {
             preamble: None,
             frames: None,
         };
-        fanout.add(server, true, stream).unwrap();
+        fanout.add(server, true, stream, fanout.position()).unwrap();
         let started = Instant::now();
         let mut seq = 0;
         while stats.listeners_current.load(Relaxed) > 0 {

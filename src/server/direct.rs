@@ -28,6 +28,9 @@ enum Framing {
 }
 
 pub async fn serve(mut stream: TcpStream, mut request: Request<Body>, app: Router, fanout: Fanout) {
+    // The stream starts with the first frame published from now on, as a hyper body would
+    // (its subscription is taken in the handler, before the head is written).
+    let start = fanout.position();
     let offer = DirectOffer::default();
     request.extensions_mut().insert(offer.clone());
     let chunked = request.version() != Version::HTTP_10;
@@ -44,7 +47,7 @@ pub async fn serve(mut stream: TcpStream, mut request: Request<Body>, app: Route
         }
         let added = stream
             .into_std()
-            .and_then(|socket| fanout.add(socket, chunked, direct));
+            .and_then(|socket| fanout.add(socket, chunked, direct, start));
         if let Err(error) = added {
             tracing::debug!("cannot hand a listener over to the fan-out: {error}");
         }
