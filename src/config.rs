@@ -509,8 +509,8 @@ mod tests {
                 "--icecast: the URL names no mount",
             ),
             (
-                &["--icecast", "http://source:pw@h:8000/live.opus"],
-                "cannot push yet",
+                &["--icecast", "http://source:pw@h:8000/live.flac"],
+                "cannot push (Icecast needs FLAC in Ogg)",
             ),
             (
                 &[
