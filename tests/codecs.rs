@@ -47,7 +47,8 @@ async fn probe(url: String) -> Value {
 
 /// Starts a listener of `path` that keeps reading in the background, so that the stream's
 /// encoder is running when the test's own listener joins: that one joins mid-stream. Returns
-/// once the first listener has its header and a page.
+/// once the first listener has its header and a page; the task ends when the stream does, and
+/// fails unless it ends cleanly.
 async fn keep_listening(api: &Api, path: &str) -> tokio::task::JoinHandle<()> {
     let response = api.get_ok(path).await;
     let mut body = response.bytes_stream();
@@ -59,7 +60,11 @@ async fn keep_listening(api: &Api, path: &str) -> tokio::task::JoinHandle<()> {
             .unwrap();
         received += 1;
     }
-    tokio::spawn(async move { while let Some(Ok(_)) = body.next().await {} })
+    tokio::spawn(async move {
+        while let Some(chunk) = body.next().await {
+            chunk.expect("the stream ends cleanly");
+        }
+    })
 }
 
 /// Streams `path`'s body into a channel, chunk by chunk, from a task of its own.
@@ -182,9 +187,13 @@ async fn ffprobe_identifies_both_streams_joining_mid_stream() {
         status["endpoints"]["flac"]["listeners"]["current"], 1,
         "{status}"
     );
-    flac_first.abort();
-    opus_first.abort();
+    // Shutdown ends the encoded streams cleanly, and the server stops with them open.
     server.stop().await;
+    for first in [flac_first, opus_first] {
+        within(STEP, "the first listeners' streams end", first)
+            .await
+            .unwrap();
+    }
 }
 
 /// Frequency of a sine by its upward zero crossings (interpolated), and its RMS level in
