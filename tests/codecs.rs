@@ -47,7 +47,8 @@ async fn probe(url: String) -> Value {
 
 /// Starts a listener of `path` that keeps reading in the background, so that the stream's
 /// encoder is running when the test's own listener joins: that one joins mid-stream. Returns
-/// once the first listener has its header and a page.
+/// once the first listener has its header and a page; the task ends when the stream does, and
+/// fails unless it ends cleanly.
 async fn keep_listening(api: &Api, path: &str) -> tokio::task::JoinHandle<()> {
     let response = api.get_ok(path).await;
     let mut body = response.bytes_stream();
@@ -59,7 +60,11 @@ async fn keep_listening(api: &Api, path: &str) -> tokio::task::JoinHandle<()> {
             .unwrap();
         received += 1;
     }
-    tokio::spawn(async move { while let Some(Ok(_)) = body.next().await {} })
+    tokio::spawn(async move {
+        while let Some(chunk) = body.next().await {
+            chunk.expect("the stream ends cleanly");
+        }
+    })
 }
 
 /// Streams `path`'s body into a channel, chunk by chunk, from a task of its own.
@@ -182,9 +187,13 @@ async fn ffprobe_identifies_both_streams_joining_mid_stream() {
         status["endpoints"]["flac"]["listeners"]["current"], 1,
         "{status}"
     );
-    flac_first.abort();
-    opus_first.abort();
+    // Shutdown ends the encoded streams cleanly, and the server stops with them open.
     server.stop().await;
+    for first in [flac_first, opus_first] {
+        within(STEP, "the first listeners' streams end", first)
+            .await
+            .unwrap();
+    }
 }
 
 /// Frequency of a sine by its upward zero crossings (interpolated), and its RMS level in
@@ -318,4 +327,93 @@ async fn opus_refuses_more_than_two_channels_and_flac_takes_them() {
     let flac = api.body("/stream.flac?frames=2").await;
     assert_eq!(&flac[..4], b"fLaC");
     server.stop().await;
+}
+
+/// Interleaves one vector per channel.
+fn interleave(channels: &[Vec<f32>]) -> Vec<f32> {
+    (0..channels[0].len())
+        .flat_map(|i| channels.iter().map(move |c| c[i]))
+        .collect()
+}
+
+/// Every kind of subframe and channel coding the FLAC encoder makes (constant, verbatim,
+/// fixed, LPC, wasted bits; left/side, side/right, mid/side, independent; mono and three
+/// channels; full-scale clipping; a short last block; block sizes with and without their own
+/// header code) decodes in ffmpeg to exactly the 24-bit samples it was given.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ffmpeg_decodes_every_kind_of_flac_subframe_exactly() {
+    use pcmcast::codec::flac::FlacEncoder;
+    use pcmcast::frame::StreamFormat;
+
+    let dir = common::scratch_dir("flac_subframes");
+    let len = 12_345;
+    let sine = |hz: f64, amplitude: f64| -> Vec<f32> {
+        (0..len)
+            .map(|i| {
+                (amplitude * (2.0 * std::f64::consts::PI * hz * i as f64 / 48_000.0).sin()) as f32
+            })
+            .collect()
+    };
+    let noise: Vec<f32> = common::noise(len, 24, 3)
+        .into_iter()
+        .map(|s| s as f32 / 8_388_608.0)
+        .collect();
+    let sixteen_bit: Vec<f32> = common::noise(len, 16, 4)
+        .into_iter()
+        .zip(sine(220.0, 0.6))
+        .map(|(n, s)| ((s * 32_768.0).round() + (n >> 6) as f32) / 32_768.0)
+        .collect();
+    let mut click = vec![0.0f32; len];
+    click[5_000] = 1.0;
+    let square: Vec<f32> = (0..len)
+        .map(|i| if i / 60 % 2 == 0 { 1.5 } else { -1.5 })
+        .collect();
+    let signals: Vec<(&str, Vec<Vec<f32>>)> = vec![
+        (
+            "correlated sines",
+            vec![sine(440.0, 0.5), sine(440.0, 0.45)],
+        ),
+        ("left only", vec![sine(1000.0, 0.7), vec![0.0; len]]),
+        ("right only", vec![vec![0.0; len], sine(300.0, 0.3)]),
+        (
+            "16-bit material",
+            vec![sixteen_bit.clone(), sine(523.0, 0.2)],
+        ),
+        ("silence and a click", vec![click.clone(), vec![0.0; len]]),
+        ("clipped square", vec![square.clone(), square]),
+        ("24-bit noise", vec![noise.clone(), sine(50.0, 0.001)]),
+        ("mono", vec![sixteen_bit]),
+        ("three channels", vec![sine(100.0, 0.9), noise, click]),
+    ];
+    for frame_size in [1024usize, 100, 4608] {
+        for (name, channels) in &signals {
+            let format = StreamFormat {
+                rate_hz: 48_000,
+                channels: channels.len() as u16,
+            };
+            let samples = interleave(channels);
+            let mut encoder = FlacEncoder::new(format, frame_size).unwrap();
+            let mut pages = Vec::new();
+            for frame in samples.chunks(frame_size * channels.len()) {
+                encoder.push(frame, &mut pages);
+            }
+            encoder.finish(&mut pages);
+            let mut bytes = encoder.header().to_vec();
+            bytes.extend(pages.iter().flat_map(|page| page.bytes.iter().copied()));
+            let path = dir.join(format!("{frame_size}-{}.flac", name.replace(' ', "-")));
+            std::fs::write(&path, &bytes).unwrap();
+            let decoded = decode(path.to_str().unwrap().to_owned(), "s32le").await;
+            let decoded: Vec<i32> = decoded
+                .chunks_exact(4)
+                .map(|b| i32::from_le_bytes(b.try_into().unwrap()) >> 8)
+                .collect();
+            let expected: Vec<i32> = samples.iter().map(|&s| f32_to_s24(s)).collect();
+            assert!(
+                decoded == expected,
+                "{name}, frame size {frame_size}: not exact"
+            );
+            let bits_per_sample = bytes.len() as f64 * 8.0 / samples.len() as f64;
+            println!("{name}, blocks of {frame_size}: exact, {bits_per_sample:.2} bits/sample");
+        }
+    }
 }

@@ -14,10 +14,13 @@
 //! to 48 kHz); with the default 1024 each hub frame is one FLAC frame, so the encoder adds no
 //! delay. Otherwise samples are carried over to the next block. Frame numbers count blocks
 //! from the encoder's start, modulo 2^31 (FLAC's limit: 1.4 years at 1024 samples, 48 kHz).
-//! Stereo frames are coded as left/right, left/side, side/right or mid/side, whichever is
-//! smallest.
+//! Each channel is coded with the cheapest of a constant, verbatim, fixed-predictor or
+//! linear-predictor subframe (`flac/subframe.rs`, `flac/lpc.rs`); stereo frames as left/right, left/side,
+//! side/right or mid/side, whichever is smallest. On music this comes to about `flac -5`'s
+//! size, for a few milliseconds of CPU per second of audio.
 
 mod bits;
+mod lpc;
 mod subframe;
 
 use bytes::Bytes;

@@ -12,12 +12,12 @@
 //! for Opus, one FLAC frame for FLAC), each a shared `Bytes` that every listener of the stream
 //! is sent without a copy. The stream header (Opus's two header pages, FLAC's `fLaC` and
 //! STREAMINFO) is made before the first page and kept aside, so a listener that joins
-//! mid-stream gets the header, then pages from the next one on. See [`registry`] for who owns
+//! mid-stream gets the header, then pages from the next one on. See `registry.rs` for who owns
 //! the threads and what happens when an encoder fails.
 //!
 //! - [`flac`]: a native FLAC stream, 24-bit, lossless.
 //! - [`opus`]: Ogg/Opus at 48 kHz through libopus, the source resampled by [`resample`] if
-//!   it runs at another rate; pages written by [`ogg`].
+//!   it runs at another rate; pages written by `ogg.rs`.
 
 pub mod flac;
 mod ogg;

@@ -1,12 +1,12 @@
-//! One channel of one FLAC frame: the cheapest of a constant, a verbatim or a fixed-predictor
-//! subframe (orders 0 to 4), with wasted bits shifted out and the residual Rice-coded in the
-//! best partitioning. No LPC: fixed predictors cost a few operations per sample and get within
-//! a few per cent of it on live material.
+//! One channel of one FLAC frame: the cheapest of a constant, a verbatim, a fixed-predictor
+//! (orders 0 to 4) or a linear-predictor ([`lpc`], orders up to 8) subframe, with wasted bits
+//! shifted out and the residual Rice-coded in the best partitioning.
 //!
 //! Planning ([`Subframes::plan`]) and writing ([`Subframes::write`]) are separate so that a
 //! stereo frame can plan left, right, mid and side and write only the cheapest pair.
 
 use super::bits::{BitWriter, fold};
+use super::lpc::{self, Predictor};
 
 /// Highest fixed-predictor order FLAC defines.
 const MAX_FIXED_ORDER: usize = 4;
@@ -30,6 +30,7 @@ enum Kind {
     Constant(i32),
     Verbatim,
     Fixed { order: usize, rice: Rice },
+    Lpc { predictor: Predictor, rice: Rice },
 }
 
 /// A Rice-coded residual: the partition order and each partition's parameter.
@@ -68,22 +69,34 @@ impl Subframes {
             wasted_bits,
             bits: header_bits + samples.len() as u64 * u64::from(bits_per_sample),
         };
-        let Some(order) = best_fixed_order(&self.shifted) else {
-            return verbatim;
-        };
-        if !fixed_residual(&self.shifted, order, &mut self.residual) {
-            return verbatim;
-        }
-        let (rice, rice_bits) = best_rice(&self.residual, samples.len(), order);
-        let bits = header_bits + (order as u64) * u64::from(bits_per_sample) + rice_bits;
-        if bits >= verbatim.bits {
-            return verbatim;
-        }
-        Plan {
-            kind: Kind::Fixed { order, rice },
-            wasted_bits,
-            bits,
-        }
+        let fixed = best_fixed_order(&self.shifted)
+            .filter(|&order| fixed_residual(&self.shifted, order, &mut self.residual))
+            .map(|order| {
+                let (rice, rice_bits) = best_rice(&self.residual, samples.len(), order);
+                let warm_up_bits = order as u64 * u64::from(bits_per_sample);
+                (Kind::Fixed { order, rice }, warm_up_bits + rice_bits)
+            });
+        let linear = lpc::predictor(&self.shifted, bits_per_sample)
+            .filter(|predictor| lpc::residual(&self.shifted, predictor, &mut self.residual))
+            .map(|predictor| {
+                let order = predictor.order();
+                let (rice, rice_bits) = best_rice(&self.residual, samples.len(), order);
+                // Warm-up samples, precision (4 bits), shift (5 bits), coefficients.
+                let header_bits =
+                    order as u64 * u64::from(bits_per_sample + predictor.precision) + 4 + 5;
+                (Kind::Lpc { predictor, rice }, header_bits + rice_bits)
+            });
+        [fixed, linear]
+            .into_iter()
+            .flatten()
+            .map(|(kind, bits)| Plan {
+                kind,
+                wasted_bits,
+                bits: header_bits + bits,
+            })
+            .chain([verbatim])
+            .min_by_key(|plan| plan.bits)
+            .expect("verbatim is always possible")
     }
 
     /// Writes the subframe `plan` (made from these `samples`) to `w`.
@@ -92,6 +105,7 @@ impl Subframes {
             Kind::Constant(_) => 0b000000,
             Kind::Verbatim => 0b000001,
             Kind::Fixed { order, .. } => 0b001000 | order as u32,
+            Kind::Lpc { ref predictor, .. } => 0b100000 | (predictor.order() as u32 - 1),
         };
         w.write(type_code, 7);
         if plan.wasted_bits > 0 {
@@ -117,6 +131,21 @@ impl Subframes {
                 let fits = fixed_residual(&self.shifted, *order, &mut self.residual);
                 debug_assert!(fits, "the plan checked the residual's range");
                 write_rice(w, rice, &self.residual, samples.len(), *order);
+            }
+            Kind::Lpc { predictor, rice } => {
+                self.shift(samples, plan.wasted_bits);
+                let order = predictor.order();
+                for &s in &self.shifted[..order] {
+                    w.write_signed(s, bits_per_sample);
+                }
+                w.write(predictor.precision - 1, 4);
+                w.write(predictor.shift, 5);
+                for &c in &predictor.coefficients {
+                    w.write_signed(c, predictor.precision);
+                }
+                let fits = lpc::residual(&self.shifted, predictor, &mut self.residual);
+                debug_assert!(fits, "the plan checked the residual's range");
+                write_rice(w, rice, &self.residual, samples.len(), order);
             }
         }
     }
