@@ -269,7 +269,8 @@ async fn listeners_of_the_mount_and_of_a_relay_decode_the_pushed_tone() {
 }
 
 /// Ogg/Opus, chosen by the mount's extension: Icecast parses it, and a listener who joins a
-/// second after the push began gets the header pages and decodes the tone.
+/// second after the push began gets the header pages and decodes the tone, as does a listener
+/// of a second Icecast relaying the mount.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_opus_push_plays_for_listeners_who_join_late() {
     const OPUS_MOUNT: &str = "/live.opus";
@@ -301,6 +302,34 @@ async fn an_opus_push_plays_for_listeners_who_join_late() {
         "RMS {rms}, expected {expected_rms}"
     );
     assert!((frequency_hz - TONE_HZ).abs() < 0.5, "{frequency_hz} Hz");
+
+    // A second Icecast relaying the Ogg/Opus mount serves it too.
+    let relay = Icecast::start(
+        "opus-relay",
+        free_port(),
+        Some(Relay {
+            port: master.port,
+            mount: OPUS_MOUNT,
+        }),
+    )
+    .await;
+    let relayed = relay.wait_for_mount(OPUS_MOUNT, RELAY_LIMIT).await;
+    assert_eq!(relayed["server_type"], "audio/ogg");
+    let heard = listen_as(&[], relay.url(OPUS_MOUNT)).await;
+    let (rms, frequency_hz) = heard.level_and_frequency();
+    println!(
+        "a listener of the relay's Opus mount: {} samples per channel, RMS {rms:.4}, \
+         {frequency_hz:.2} Hz",
+        heard.left.len()
+    );
+    assert!(
+        (rms - expected_rms).abs() < 0.02,
+        "relay: RMS {rms}, expected {expected_rms}"
+    );
+    assert!(
+        (frequency_hz - TONE_HZ).abs() < 0.5,
+        "relay: {frequency_hz} Hz"
+    );
     let status = api.status().await;
     assert_eq!(status["icecast"]["connects"], 1, "{status}");
 }
