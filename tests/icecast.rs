@@ -447,6 +447,8 @@ async fn refusals_show_in_status_while_pcmcast_keeps_serving() {
 
     // Refused pushes leave pcmcast serving its own endpoints.
     for api in [&second_api, &wrong_api] {
+        // A refusal can come before the source's first frame, while /healthz still says 503.
+        api.wait_for_frames(1).await;
         assert_eq!(api.get("/healthz").await.status(), 200);
         let response = send(api.request("/stream.ndjson?frames=3")).await;
         assert_eq!(response.status(), 200);
