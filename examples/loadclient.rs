@@ -142,7 +142,10 @@ struct Outcome {
     /// Min and max of `now − window_bytes / rate` over the window, seconds.
     delay_min: f64,
     delay_max: f64,
+    /// Latency listeners: capture to the client's read of each line, ms.
     latencies_ms: Vec<f64>,
+    /// Latency listeners: capture to the kernel's receipt of each line's last packet, ms.
+    receipt_ms: Vec<f64>,
     /// Stalled listeners: seconds from the response head to the server dropping the
     /// connection.
     dropped_after_s: Option<f64>,
@@ -354,16 +357,21 @@ async fn read_stream(
         Body::Identity
     };
     let mut lines = LineTimes::default();
-    // The body bytes that came with the head are handled like a first read.
+    if kind == Kind::Latency {
+        enable_receive_timestamps(stream);
+    }
+    // The body bytes that came with the head are handled like a first read (the kernel's
+    // receipt time of those is not known).
     let mut filled = head.leftover;
+    let mut received = None;
     loop {
         let now = Instant::now();
         let in_window = now >= plan.window_start && now < plan.window_end;
         let mut payload = 0usize;
         let ended = body.feed(&buffer[..filled], |data| {
             payload += data.len();
-            if kind == Kind::Latency {
-                lines.feed(data, in_window, &mut outcome.latencies_ms);
+            if kind == Kind::Latency && in_window {
+                lines.feed(data, received, outcome);
             }
         });
         // Only reads that brought data: the head's empty leftover says nothing of delay.
@@ -377,11 +385,84 @@ async fn read_stream(
         if ended {
             return Failure::Ended;
         }
-        filled = match stream.read(&mut buffer).await {
-            Ok(0) | Err(_) => return Failure::Ended,
-            Ok(n) => n,
+        let read = if kind == Kind::Latency {
+            read_timestamped(stream, &mut buffer).await
+        } else {
+            stream.read(&mut buffer).await.map(|n| (n, None))
+        };
+        (filled, received) = match read {
+            Ok((0, _)) | Err(_) => return Failure::Ended,
+            Ok(read) => read,
         };
     }
+}
+
+/// Asks the kernel to stamp each received packet with the time it reached this socket
+/// (`SO_TIMESTAMPNS`), which `read_timestamped` returns with the data.
+fn enable_receive_timestamps(stream: &TcpStream) {
+    let on: libc::c_int = 1;
+    // SAFETY: SO_TIMESTAMPNS reads one c_int. Failure leaves reads without a receipt time.
+    unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_TIMESTAMPNS,
+            (&raw const on).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+}
+
+/// Reads like `read`, and also returns when the kernel received the last packet of what was
+/// read (Unix seconds), from the `SCM_TIMESTAMPNS` control message.
+async fn read_timestamped(
+    stream: &TcpStream,
+    buffer: &mut [u8],
+) -> io::Result<(usize, Option<f64>)> {
+    loop {
+        stream.readable().await?;
+        match stream.try_io(tokio::io::Interest::READABLE, || {
+            recv_timestamped(stream, buffer)
+        }) {
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => continue,
+            result => return result,
+        }
+    }
+}
+
+fn recv_timestamped(stream: &TcpStream, buffer: &mut [u8]) -> io::Result<(usize, Option<f64>)> {
+    // Room for one cmsghdr with a timespec, 8-byte aligned.
+    let mut control = [0u64; 8];
+    let mut iov = libc::iovec {
+        iov_base: buffer.as_mut_ptr().cast(),
+        iov_len: buffer.len(),
+    };
+    // SAFETY: msghdr is plain data; all-zero is a valid empty header, filled in below.
+    let mut message: libc::msghdr = unsafe { std::mem::zeroed() };
+    message.msg_iov = &raw mut iov;
+    message.msg_iovlen = 1;
+    message.msg_control = control.as_mut_ptr().cast();
+    message.msg_controllen = std::mem::size_of_val(&control);
+    // SAFETY: the iovec and the control buffer outlive the call and their lengths are theirs.
+    let n = unsafe { libc::recvmsg(stream.as_raw_fd(), &raw mut message, libc::MSG_DONTWAIT) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut received = None;
+    // SAFETY: the CMSG_* macros walk the control buffer recvmsg filled, within msg_controllen.
+    unsafe {
+        let mut header = libc::CMSG_FIRSTHDR(&raw const message);
+        while !header.is_null() {
+            if (*header).cmsg_level == libc::SOL_SOCKET
+                && (*header).cmsg_type == libc::SCM_TIMESTAMPNS
+            {
+                let time: libc::timespec = std::ptr::read_unaligned(libc::CMSG_DATA(header).cast());
+                received = Some(time.tv_sec as f64 + time.tv_nsec as f64 * 1e-9);
+            }
+            header = libc::CMSG_NXTHDR(&raw const message, header);
+        }
+    }
+    Ok((n as usize, received))
 }
 
 /// The response head: what the body reader needs.
@@ -648,25 +729,28 @@ impl Chunked {
 }
 
 /// Finds each NDJSON line's `"time"` and records, when the line's newline arrives, how long
-/// ago that was.
+/// ago that was: when the client read it, and when the kernel received it (`received`).
 #[derive(Default)]
 struct LineTimes {
     prefix: Vec<u8>,
 }
 
 impl LineTimes {
-    fn feed(&mut self, mut data: &[u8], record: bool, latencies_ms: &mut Vec<f64>) {
+    fn feed(&mut self, mut data: &[u8], received: Option<f64>, outcome: &mut Outcome) {
         while !data.is_empty() {
             let end = data.iter().position(|&b| b == b'\n');
             let part = &data[..end.unwrap_or(data.len())];
             let room = LINE_PREFIX.saturating_sub(self.prefix.len());
             self.prefix.extend_from_slice(&part[..part.len().min(room)]);
             let Some(end) = end else { return };
-            if record && let Some(time) = json_time(&self.prefix) {
+            if let Some(time) = json_time(&self.prefix) {
                 let now = SystemTime::now()
                     .duration_since(UNIX_EPOCH)
                     .map_or(0.0, |d| d.as_secs_f64());
-                latencies_ms.push((now - time) * 1e3);
+                outcome.latencies_ms.push((now - time) * 1e3);
+                if let Some(received) = received {
+                    outcome.receipt_ms.push((received - time) * 1e3);
+                }
             }
             self.prefix.clear();
             data = &data[end + 1..];
@@ -868,6 +952,10 @@ fn report(args: &Args, outcomes: &[Outcome], stalled: &[Outcome], m: Measures) -
         .iter()
         .flat_map(|o| o.latencies_ms.iter().copied())
         .collect();
+    let receipts: Vec<f64> = outcomes
+        .iter()
+        .flat_map(|o| o.receipt_ms.iter().copied())
+        .collect();
     let latency_listeners = outcomes
         .iter()
         .filter(|o| o.kind == Some(Kind::Latency))
@@ -897,13 +985,8 @@ fn report(args: &Args, outcomes: &[Outcome], stalled: &[Outcome], m: Measures) -
         "connect_ms": summary(connect),
         "head_ms": summary(head),
         "delay_spread_ms": summary(spread),
-        "latency_ms": if latency_listeners > 0 {
-            json!({"listeners": latency_listeners, "samples": latencies.len(),
-                   "p50": percentile_of(&latencies, 50.0), "p99": percentile_of(&latencies, 99.0),
-                   "max": percentile_of(&latencies, 100.0)})
-        } else {
-            Value::Null
-        },
+        "latency_ms": latency_summary(latency_listeners, &latencies),
+        "receipt_latency_ms": latency_summary(latency_listeners, &receipts),
         "server_cpu_s": round(m.server_cpu_s, 3),
         "server_cpu_us_per_listener_s": round(m.server_cpu_s / listener_s * 1e6, 1),
         "server_cpu_cores": round(m.server_cpu_s / m.window_s, 3),
@@ -928,6 +1011,16 @@ fn report(args: &Args, outcomes: &[Outcome], stalled: &[Outcome], m: Measures) -
             })
         },
     })
+}
+
+/// The latency listeners' samples: p50, p99 and max (null without latency listeners).
+fn latency_summary(listeners: usize, samples: &[f64]) -> Value {
+    if listeners == 0 {
+        return Value::Null;
+    }
+    json!({"listeners": listeners, "samples": samples.len(),
+           "p50": percentile_of(samples, 50.0), "p99": percentile_of(samples, 99.0),
+           "max": percentile_of(samples, 100.0)})
 }
 
 /// p50, p99 and max of `values` (null when empty).

@@ -2,8 +2,8 @@
 //! frame straight into every listener's socket.
 //!
 //! These are the endpoints people run by the thousand, and per listener a frame costs one
-//! `writev` here: no task to wake, no HTTP machinery, no shared counter touched. Serving them
-//! as hyper response bodies cost about twice the kernel's own work for the write.
+//! write here: no task to wake, no HTTP machinery, no shared counter touched. Serving them as
+//! hyper response bodies cost about twice the kernel's own work for the write.
 //!
 //! [`crate::server`] answers the request (through the axum app, so access control, parameters
 //! and limits are the same), writes the response head itself and hands the socket over with
@@ -13,7 +13,12 @@
 //!   `backlog + 1` in a window that its listeners index into. A listener is only a position in
 //!   that window, plus whatever part of a write the socket did not take yet.
 //! - Each time frames arrive, every listener gets all the frames it has not had in one
-//!   `writev` (normally exactly one), each frame an HTTP chunk encoded once for everyone.
+//!   vectored write (normally of exactly one frame), each frame an HTTP chunk encoded once for
+//!   everyone. A shard's writes of a round go to the kernel together through io_uring, a few
+//!   system calls for all of them ([`uring`]), or where that is not available one `writev`
+//!   each.
+//! - New frames wake every shard at once ([`Bell`]), and where there is a shard for each core,
+//!   each keeps to its own core: the listeners of one shard never wait for another's round.
 //! - Sockets are non-blocking with a capped send buffer. A write the socket only partly takes
 //!   leaves its rest pending, sent before anything else next time, so chunks stay whole. A
 //!   listener more than `backlog` frames behind skips forward (an NDJSON one is told, with
@@ -46,8 +51,12 @@ use crate::frame::Frame;
 use crate::hub::Membership;
 use crate::stats::{Endpoint, Stats};
 
-/// The token of a shard's waker; listeners' tokens are their slots.
+#[cfg(target_os = "linux")]
+mod uring;
+
+/// The tokens of a shard's waker and of the bell; listeners' tokens are their slots.
 const WAKER: Token = Token(usize::MAX);
+const BELL: Token = Token(usize::MAX - 1);
 /// Client events taken per wake-up.
 const EVENTS: usize = 256;
 /// Reads of what a client sends (and is discarded) per round, so that one client that keeps
@@ -120,6 +129,8 @@ pub struct Fanout {
 
 struct Inner {
     shards: Vec<ShardHandle>,
+    /// Where there is one, new frames wake every shard with it.
+    bell: Option<Bell>,
     threads: Mutex<Vec<JoinHandle<()>>>,
     /// Frames published so far: the index of the next.
     published: AtomicU64,
@@ -161,8 +172,22 @@ struct Inbox {
 impl Fanout {
     /// Starts one shard thread per core (at most 8).
     pub fn start(limits: FanoutLimits, stats: Arc<Stats>) -> io::Result<Fanout> {
+        Fanout::start_writing(limits, stats, true)
+    }
+
+    /// Starts the shards, which write through io_uring where it is available and `io_uring`
+    /// asks for it.
+    fn start_writing(
+        limits: FanoutLimits,
+        stats: Arc<Stats>,
+        io_uring: bool,
+    ) -> io::Result<Fanout> {
         let count = thread::available_parallelism().map_or(1, |n| n.get().min(8));
+        let cores = cores_for(count);
         let drained = Arc::new(Notify::new());
+        let bell = Bell::new()
+            .inspect_err(|error| tracing::debug!("no bell for the fan-out threads: {error}"))
+            .ok();
         let mut shards = Vec::with_capacity(count);
         let mut threads = Vec::with_capacity(count);
         for index in 0..count {
@@ -174,22 +199,36 @@ impl Fanout {
             });
             let poll = Poll::new()?;
             let waker = Waker::new(poll.registry(), WAKER)?;
+            if let Some(bell) = &bell {
+                bell.hang(&poll)?;
+            }
             let shard = Shard {
                 shared: shared.clone(),
                 poll,
                 limits,
                 stats: stats.clone(),
                 drained: drained.clone(),
+                #[cfg(target_os = "linux")]
+                ring: io_uring.then(|| ring(index)).flatten(),
+                turns: Vec::new(),
+                results: Vec::new(),
             };
+            let core = cores.get(index).copied();
             let handle = thread::Builder::new()
                 .name(format!("pcmcast-fanout-{index}"))
-                .spawn(move || shard.run())?;
+                .spawn(move || {
+                    if let Some(core) = core {
+                        pin_to(core);
+                    }
+                    shard.run()
+                })?;
             shards.push(ShardHandle { shared, waker });
             threads.push(handle);
         }
         Ok(Fanout {
             inner: Arc::new(Inner {
                 shards,
+                bell,
                 threads: Mutex::new(threads),
                 published: AtomicU64::new(0),
                 drained,
@@ -215,9 +254,12 @@ impl Fanout {
                 inbox.frames.pop_front();
             }
             drop(inbox);
-            if busy {
+            if busy && self.inner.bell.is_none() {
                 shard.wake();
             }
+        }
+        if let Some(bell) = &self.inner.bell {
+            bell.ring();
         }
     }
 
@@ -309,6 +351,137 @@ impl Fanout {
             let _ = thread.join();
         }
     }
+}
+
+/// The ring a shard writes through, or none where io_uring is not available (an old kernel,
+/// a sandbox that forbids it), said once.
+#[cfg(target_os = "linux")]
+fn ring(shard: usize) -> Option<uring::Ring> {
+    uring::Ring::new()
+        .inspect_err(|error| {
+            if shard == 0 {
+                tracing::info!("io_uring is not available ({error}): one writev per listener");
+            }
+        })
+        .ok()
+}
+
+/// The cores the shards keep to, one each, when there is a shard for each core this process
+/// may use (else none: they go where the scheduler puts them). Left to the scheduler, two
+/// shards woken together were often put on one core, the second waiting for the first's round
+/// (3 ms at 1,000 listeners), while the other core ran the thread that woke them.
+#[cfg(target_os = "linux")]
+fn cores_for(shards: usize) -> Vec<usize> {
+    // SAFETY: cpu_set_t is plain data; sched_getaffinity fills it for this thread.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    let got = unsafe { libc::sched_getaffinity(0, std::mem::size_of_val(&set), &raw mut set) };
+    if got != 0 {
+        return Vec::new();
+    }
+    // SAFETY: CPU_ISSET reads the set for a CPU number below CPU_SETSIZE.
+    let cores: Vec<usize> = (0..libc::CPU_SETSIZE as usize)
+        .filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) })
+        .collect();
+    if cores.len() == shards {
+        cores
+    } else {
+        Vec::new()
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn cores_for(_shards: usize) -> Vec<usize> {
+    Vec::new()
+}
+
+/// Keeps the calling thread on `core`; it goes on unpinned if that fails.
+#[cfg(target_os = "linux")]
+fn pin_to(core: usize) {
+    // SAFETY: cpu_set_t is plain data; CPU_SET writes a CPU number below CPU_SETSIZE (the
+    // number came from CPU_ISSET over that range), and sched_setaffinity reads the set.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(core, &mut set);
+        if libc::sched_setaffinity(0, std::mem::size_of_val(&set), &raw const set) != 0 {
+            tracing::debug!(
+                "a fan-out thread stays unpinned: {}",
+                io::Error::last_os_error()
+            );
+        }
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn pin_to(_core: usize) {}
+
+/// Runs `serve` for one listener: a bug that panics while serving it costs that listener only.
+fn guarded<T>(serve: impl FnOnce() -> T) -> Option<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(serve))
+        .inspect_err(|_| {
+            tracing::error!("dropped a direct listener after a panic while serving it")
+        })
+        .ok()
+}
+
+/// Wakes every shard's poll with one write. Woken one after another, the first shard woken on
+/// the publisher's core could take it before the publisher woke the next: that shard's
+/// listeners would all wait for the first shard's whole round (measured: 3 ms at 1,000).
+#[cfg(target_os = "linux")]
+struct Bell(std::os::fd::OwnedFd);
+
+#[cfg(target_os = "linux")]
+impl Bell {
+    fn new() -> io::Result<Bell> {
+        use std::os::fd::FromRawFd;
+        // SAFETY: eventfd has no preconditions; a descriptor it returns is ours to own.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: as above.
+        Ok(Bell(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }))
+    }
+
+    /// Makes `poll` wake on each ring (edge-triggered: every write is an event of its own).
+    fn hang(&self, poll: &Poll) -> io::Result<()> {
+        use std::os::fd::AsRawFd;
+        poll.registry().register(
+            &mut mio::unix::SourceFd(&self.0.as_raw_fd()),
+            BELL,
+            Interest::READABLE,
+        )
+    }
+
+    fn ring(&self) {
+        use std::os::fd::AsRawFd;
+        let one = 1u64.to_ne_bytes();
+        // SAFETY: eventfd takes one 8-byte count from a valid buffer.
+        let written = unsafe { libc::write(self.0.as_raw_fd(), one.as_ptr().cast(), one.len()) };
+        if written < 0 && io::Error::last_os_error().kind() == io::ErrorKind::WouldBlock {
+            // The count is full (after 2^64 rings): take it and ring again.
+            let mut count = [0u8; 8];
+            // SAFETY: eventfd gives one 8-byte count into a valid buffer.
+            unsafe { libc::read(self.0.as_raw_fd(), count.as_mut_ptr().cast(), count.len()) };
+            self.ring();
+        }
+    }
+}
+
+/// Without eventfd, each shard is woken by its own waker.
+#[cfg(not(target_os = "linux"))]
+struct Bell;
+
+#[cfg(not(target_os = "linux"))]
+impl Bell {
+    fn new() -> io::Result<Bell> {
+        Err(io::ErrorKind::Unsupported.into())
+    }
+
+    fn hang(&self, _poll: &Poll) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn ring(&self) {}
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -403,6 +576,12 @@ struct Shard {
     limits: FanoutLimits,
     stats: Arc<Stats>,
     drained: Arc<Notify>,
+    /// Where the round's writes go, where io_uring is available.
+    #[cfg(target_os = "linux")]
+    ring: Option<uring::Ring>,
+    /// The round's writes, by listener slot, and what each wrote (kept for their capacity).
+    turns: Vec<(usize, Turn)>,
+    results: Vec<io::Result<usize>>,
 }
 
 /// What the round found about the shard's listeners.
@@ -465,7 +644,11 @@ impl Shard {
         loop {
             let (closed, stopped) = {
                 let mut inbox = lock(&self.shared.inbox);
-                std::mem::swap(&mut inbox.frames, &mut arrived);
+                // An idle shard leaves the frames where the publisher keeps only what the next
+                // listener may start with (the bell wakes it for every frame all the same).
+                if listeners.iter().next().is_some() || !inbox.joining.is_empty() {
+                    std::mem::swap(&mut inbox.frames, &mut arrived);
+                }
                 std::mem::swap(&mut inbox.joining, &mut joining);
                 (inbox.closed, inbox.stopped)
             };
@@ -496,23 +679,7 @@ impl Shard {
                 stall_limit,
                 backlog_frames: self.limits.backlog_frames as u64,
             };
-            let mut left = 0;
-            for slot in 0..listeners.slots.len() {
-                let Some(listener) = listeners.get_mut(slot) else {
-                    continue;
-                };
-                // A bug that panics while serving one listener costs that listener only.
-                let served = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    listener.serve(&window, &round, &mut tally)
-                }));
-                if !served.unwrap_or_else(|_| {
-                    tracing::error!("dropped a direct listener after a panic while serving it");
-                    false
-                }) {
-                    self.dismiss(&mut listeners, slot);
-                    left += 1;
-                }
-            }
+            let left = self.serve(&mut listeners, &window, &round, &mut tally);
             tally.flush(&self.stats);
             if left > 0 {
                 self.shared.listeners.fetch_sub(left, Relaxed);
@@ -542,6 +709,68 @@ impl Shard {
                     listener.client_readable = true;
                 }
             }
+        }
+    }
+
+    /// Sends every listener what it has not had: all their writes at once. Returns how many
+    /// listeners it was done with.
+    fn serve(
+        &mut self,
+        listeners: &mut Slots,
+        window: &Window,
+        round: &Round,
+        tally: &mut Tally,
+    ) -> usize {
+        let mut left = 0;
+        let mut turns = std::mem::take(&mut self.turns);
+        for slot in 0..listeners.slots.len() {
+            let Some(listener) = listeners.get_mut(slot) else {
+                continue;
+            };
+            match guarded(|| listener.begin(window, round, tally)).unwrap_or(Begin::Done) {
+                Begin::Write(turn) => turns.push((slot, turn)),
+                Begin::Keep => {}
+                Begin::Done => {
+                    self.dismiss(listeners, slot);
+                    left += 1;
+                }
+            }
+        }
+        self.write(listeners, &turns);
+        let mut results = std::mem::take(&mut self.results);
+        for ((slot, turn), written) in turns.drain(..).zip(results.drain(..)) {
+            let listener = listeners.get_mut(slot).expect("a listener with a turn");
+            if !guarded(|| listener.finish(turn, written, window, round, tally)).unwrap_or(false) {
+                self.dismiss(listeners, slot);
+                left += 1;
+            }
+        }
+        self.turns = turns;
+        self.results = results;
+        left
+    }
+
+    /// Writes every turn, putting what each wrote in `results`: through the ring if there is
+    /// one, else (or for what a failing ring left) with one `writev` each.
+    fn write(&mut self, listeners: &Slots, turns: &[(usize, Turn)]) {
+        let socket = |slot: usize| &listeners.slots[slot].as_ref().expect("a listener").socket;
+        self.results.clear();
+        #[cfg(target_os = "linux")]
+        if let Some(ring) = &mut self.ring {
+            use std::os::fd::AsRawFd;
+            let writes = turns
+                .iter()
+                .map(|(slot, turn)| (socket(*slot).as_raw_fd(), turn.slices()));
+            if let Err(error) = ring.write_each(writes, &mut self.results) {
+                tracing::error!(
+                    "a fan-out thread's io_uring failed ({error}); writing with writev"
+                );
+                self.ring = None;
+            }
+        }
+        for (slot, turn) in &turns[self.results.len()..] {
+            self.results
+                .push(socket(*slot).write_vectored(turn.slices()));
         }
     }
 
@@ -597,6 +826,40 @@ enum Piece {
     End,
 }
 
+/// Slices one write may have: what was pending, the frames, the final chunk.
+const MAX_SLICES: usize = MAX_PENDING + 1 + MAX_FRAMES_PER_WRITE;
+
+/// A listener's write in a round: its slices and what each is.
+struct Turn {
+    /// Into `pending`, the round's window and statics (see [`Listener::begin`]).
+    slices: [IoSlice<'static>; MAX_SLICES],
+    pieces: [Piece; MAX_SLICES],
+    count: usize,
+    /// What was pending before this write: its first slices.
+    pending: Vec<Bytes>,
+    /// The write ends the stream.
+    ends: bool,
+}
+
+impl Turn {
+    fn slices(&self) -> &[IoSlice<'_>] {
+        &self.slices[..self.count]
+    }
+}
+
+/// What a listener's turn in a round comes to.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "moved once per listener and round, where boxing would allocate as often"
+)]
+enum Begin {
+    Write(Turn),
+    /// Nothing to write now.
+    Keep,
+    /// Done with: the stream ended or the client went away.
+    Done,
+}
+
 impl Listener {
     fn new(socket: TcpStream, chunked: bool, stream: DirectStream, start: u64) -> Listener {
         let DirectStream {
@@ -634,12 +897,12 @@ impl Listener {
         !self.pending.is_empty()
     }
 
-    /// Sends what the listener has not had. Returns false when it is done with: its stream
-    /// ended, its client went away or it stalled.
-    fn serve(&mut self, window: &Window, round: &Round, tally: &mut Tally) -> bool {
+    /// Begins the listener's turn in a round: what it has not had, to be written by the
+    /// shard (and then [`Listener::finish`]ed), or nothing to write.
+    fn begin(&mut self, window: &Window, round: &Round, tally: &mut Tally) -> Begin {
         if self.client_readable && !self.read_client() {
             self.end_now(tally);
-            return false;
+            return Begin::Done;
         }
         let end = window.end();
         let oldest = end.saturating_sub(round.backlog_frames).max(window.first);
@@ -661,11 +924,15 @@ impl Listener {
         let ends = !self.ending
             && (self.remaining_frames == Some(frames) || round.closed && self.next + frames == end);
 
-        let pending = std::mem::take(&mut self.pending);
-        let mut slices = [IoSlice::new(&[]); MAX_PENDING + 1 + MAX_FRAMES_PER_WRITE];
-        let mut pieces = [Piece::End; MAX_PENDING + 1 + MAX_FRAMES_PER_WRITE];
-        let mut count = 0;
-        let queued = pending
+        let mut turn = Turn {
+            slices: [IoSlice::new(&[]); MAX_SLICES],
+            pieces: [Piece::End; MAX_SLICES],
+            count: 0,
+            pending: std::mem::take(&mut self.pending),
+            ends,
+        };
+        let queued = turn
+            .pending
             .iter()
             .enumerate()
             .map(|(i, bytes)| (&bytes[..], Piece::Pending(i)))
@@ -675,20 +942,35 @@ impl Listener {
             }))
             .chain((ends && self.chunked).then_some((encode::LAST_CHUNK, Piece::End)));
         for (bytes, piece) in queued {
-            slices[count] = IoSlice::new(bytes);
-            pieces[count] = piece;
-            count += 1;
+            // SAFETY: the bytes are the pending pieces the turn owns (whose heap buffers do not
+            // move with them), the frames of the round's window or a static: all outlive the
+            // turn, which the shard finishes within the round.
+            turn.slices[turn.count] = IoSlice::new(unsafe { &*std::ptr::from_ref(bytes) });
+            turn.pieces[turn.count] = piece;
+            turn.count += 1;
         }
-        if count == 0 {
-            self.last_progress = round.now;
-            if self.ending || ends {
-                self.close_gracefully();
-                return false;
-            }
-            return true;
+        if turn.count > 0 {
+            return Begin::Write(turn);
         }
+        self.last_progress = round.now;
+        if self.ending || ends {
+            self.close_gracefully();
+            return Begin::Done;
+        }
+        Begin::Keep
+    }
 
-        let written = match (&self.socket).write_vectored(&slices[..count]) {
+    /// Ends the listener's turn with what the write of its slices did. Returns false when it
+    /// is done with: its stream ended, its client went away or it stalled.
+    fn finish(
+        &mut self,
+        turn: Turn,
+        written: io::Result<usize>,
+        window: &Window,
+        round: &Round,
+        tally: &mut Tally,
+    ) -> bool {
+        let written = match written {
             Ok(written) => written,
             Err(error)
                 if matches!(
@@ -707,14 +989,7 @@ impl Listener {
         if written > 0 {
             self.last_progress = round.now;
         }
-        self.settle(
-            written,
-            &slices[..count],
-            &pieces[..count],
-            &pending,
-            window,
-            ends,
-        );
+        self.settle(written, &turn, window);
         if self.ending && self.pending.is_empty() {
             self.close_gracefully();
             return false;
@@ -798,21 +1073,13 @@ impl Listener {
         }
     }
 
-    /// Accounts for a write of the first `written` bytes of `slices`: what was begun and not
-    /// finished becomes `pending`; frames not begun stay to be sent.
-    fn settle(
-        &mut self,
-        mut written: usize,
-        slices: &[IoSlice<'_>],
-        pieces: &[Piece],
-        old_pending: &[Bytes],
-        window: &Window,
-        ends: bool,
-    ) {
+    /// Accounts for a write of the first `written` bytes of the turn's slices: what was begun
+    /// and not finished becomes `pending`; frames not begun stay to be sent.
+    fn settle(&mut self, mut written: usize, turn: &Turn, window: &Window) {
         let mut pending = Vec::new();
         let mut next = self.next;
         let mut all_sent = true;
-        for (slice, piece) in slices.iter().zip(pieces) {
+        for (slice, piece) in turn.slices().iter().zip(&turn.pieces) {
             let len = slice.len();
             if written >= len {
                 written -= len;
@@ -826,7 +1093,7 @@ impl Listener {
             // stays pending, a frame stays unsent, the final chunk is queued again.
             let begun = written > 0;
             match *piece {
-                Piece::Pending(i) => pending.push(old_pending[i].slice(written..)),
+                Piece::Pending(i) => pending.push(turn.pending[i].slice(written..)),
                 Piece::Frame(index) if begun => {
                     pending.push(self.frame_bytes(window.get(index)).slice(written..));
                     next = index + 1;
@@ -842,7 +1109,7 @@ impl Listener {
                 break;
             }
         }
-        if all_sent && ends {
+        if all_sent && turn.ends {
             self.ending = true;
         }
         if let Some(remaining) = self.remaining_frames.as_mut() {
@@ -902,6 +1169,7 @@ mod tests {
     fn setup(
         backlog_frames: usize,
         frame_period: Duration,
+        io_uring: bool,
     ) -> (Fanout, Membership, StdStream, StdStream, Arc<Stats>) {
         let stats = Arc::new(Stats::default());
         let limits = FanoutLimits {
@@ -909,7 +1177,7 @@ mod tests {
             burst_frames: 0,
             frame_period,
         };
-        let fanout = Fanout::start(limits, stats.clone()).unwrap();
+        let fanout = Fanout::start_writing(limits, stats.clone(), io_uring).unwrap();
         let (publisher, hub) = hub::hub(
             HubLimits {
                 backlog_frames,
@@ -954,9 +1222,18 @@ mod tests {
 
     #[test]
     fn partial_writes_keep_every_chunk_whole_and_every_frame_in_order() {
+        partial_writes_keep_chunks_whole(true);
+    }
+
+    #[test]
+    fn partial_writes_keep_every_chunk_whole_without_io_uring() {
+        partial_writes_keep_chunks_whole(false);
+    }
+
+    fn partial_writes_keep_chunks_whole(io_uring: bool) {
         const FRAMES: u64 = 300;
         let (fanout, membership, mut client, server, stats) =
-            setup(10_000, Duration::from_millis(1));
+            setup(10_000, Duration::from_millis(1), io_uring);
         client
             .set_read_timeout(Some(Duration::from_secs(10)))
             .unwrap();
@@ -1003,9 +1280,18 @@ mod tests {
 
     #[test]
     fn a_listener_whose_socket_takes_nothing_is_dropped_and_counted() {
+        stalled_listener_is_dropped(true);
+    }
+
+    #[test]
+    fn a_stalled_listener_is_dropped_without_io_uring() {
+        stalled_listener_is_dropped(false);
+    }
+
+    fn stalled_listener_is_dropped(io_uring: bool) {
         let period = Duration::from_millis(2);
         let backlog = 20;
-        let (fanout, membership, client, server, stats) = setup(backlog, period);
+        let (fanout, membership, client, server, stats) = setup(backlog, period, io_uring);
         let stream = DirectStream {
             membership,
             encoding: DirectEncoding::Pcm(PcmFormat::F32le),
