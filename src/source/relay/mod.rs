@@ -32,7 +32,6 @@ use crate::ring::RingWriter;
 use crate::stats::{SourceState, Stats};
 use http::{HttpError, Progress, Response};
 use samples::SampleDecoder;
-pub(crate) use url::split_host_port;
 pub use url::{RelayUrl, UrlError};
 
 /// How long connecting, sending the request and reading the response head may take. The
