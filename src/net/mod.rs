@@ -6,4 +6,5 @@
 //! - [`url`]: the parts of a plain `http://` URL, host and port checked.
 //! - [`response`]: the status line and header fields of a response head, bounded in size.
 
+pub mod response;
 pub mod url;
