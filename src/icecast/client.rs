@@ -21,6 +21,7 @@ use super::format::{PushEncoder, PushFormat};
 use super::url::IcecastUrl;
 use crate::frame::StreamFormat;
 use crate::hub::Subscription;
+use crate::net::ConnectError;
 use crate::net::response::ResponseHead;
 
 /// How long connecting, sending the request and reading the answer may take. Icecast answers
@@ -41,18 +42,8 @@ const MESSAGE_TIMEOUT: Duration = Duration::from_millis(500);
 
 #[derive(Debug, thiserror::Error)]
 pub enum PushError {
-    #[error("cannot resolve {host}")]
-    Resolve {
-        host: String,
-        #[source]
-        source: io::Error,
-    },
-    #[error("cannot connect to {addr}")]
-    Connect {
-        addr: String,
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
     #[error("no answer within {0:?}")]
     Timeout(Duration),
     #[error("the connection to Icecast failed")]
@@ -161,7 +152,7 @@ pub async fn open(url: &IcecastUrl, head: &str) -> Result<TcpStream, PushError> 
 
 /// Connects to the first address of the host that accepts, before `deadline`.
 async fn connect(url: &IcecastUrl, deadline: Instant) -> Result<TcpStream, PushError> {
-    let resolve_error = |source| PushError::Resolve {
+    let resolve_error = |source| ConnectError::Resolve {
         host: url.host().to_owned(),
         source,
     };
@@ -179,10 +170,11 @@ async fn connect(url: &IcecastUrl, deadline: Instant) -> Result<TcpStream, PushE
             Err(_) => return Err(PushError::Timeout(OPEN_TIMEOUT)),
         }
     }
-    Err(PushError::Connect {
+    Err(ConnectError::Connect {
         addr: format!("{}:{}", url.host(), url.port()),
         source: last_error,
-    })
+    }
+    .into())
 }
 
 /// The first line of the text Icecast sends after a refusal (e.g. "Mountpoint in use"), if

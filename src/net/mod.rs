@@ -5,6 +5,25 @@
 //!
 //! - [`url`]: the parts of a plain `http://` URL, host and port checked.
 //! - [`response`]: the status line and header fields of a response head, bounded in size.
+//! - [`ConnectError`]: why no connection to the URL's host was made.
 
 pub mod response;
 pub mod url;
+
+use std::io;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("cannot resolve {host}")]
+    Resolve {
+        host: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot connect to {addr}")]
+    Connect {
+        addr: String,
+        #[source]
+        source: io::Error,
+    },
+}

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use super::chunked::{ChunkedDecoder, ChunkedError};
 use super::url::RelayUrl;
+use crate::net::ConnectError;
 use crate::net::response::{HeadError, MAX_HEAD_BYTES, ResponseHead};
 
 /// How long a body read waits before handing control back to the caller.
@@ -21,18 +22,8 @@ const READ_BUFFER_BYTES: usize = 16 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum HttpError {
-    #[error("cannot resolve {host}")]
-    Resolve {
-        host: String,
-        #[source]
-        source: io::Error,
-    },
-    #[error("cannot connect to {addr}")]
-    Connect {
-        addr: String,
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
     #[error("no response within {0:?}")]
     Timeout(Duration),
     #[error("the connection failed")]
@@ -145,7 +136,7 @@ pub fn get(url: &RelayUrl, timeout: Duration) -> Result<Response, HttpError> {
 
 /// Connects to the first address of the host that accepts, before `deadline`.
 fn connect(url: &RelayUrl, deadline: Instant) -> Result<TcpStream, HttpError> {
-    let resolve_error = |source| HttpError::Resolve {
+    let resolve_error = |source| ConnectError::Resolve {
         host: url.host().to_owned(),
         source,
     };
@@ -164,10 +155,11 @@ fn connect(url: &RelayUrl, deadline: Instant) -> Result<TcpStream, HttpError> {
             Err(error) => last_error = error,
         }
     }
-    Err(HttpError::Connect {
+    Err(ConnectError::Connect {
         addr: format!("{}:{}", url.host(), url.port()),
         source: last_error,
-    })
+    }
+    .into())
 }
 
 /// Reads up to the end of the head; returns the head and the body bytes read past it.
