@@ -25,6 +25,8 @@
 //! - [`server`]: the accept loop and the limits every connection lives under.
 //! - [`icecast`]: the push of the stream to an Icecast server (`--icecast`), one more
 //!   subscriber of the hub.
+//! - [`net`]: the `http://` URL and the response head that the relay and the Icecast push
+//!   share as HTTP clients.
 //!
 //! The library never binds a port or installs a signal handler: [`Pcmcast::run`] takes a
 //! bound listener and a cancellation token, so tests run real servers on `127.0.0.1:0`.
@@ -39,6 +41,7 @@ pub mod http;
 pub mod hub;
 pub mod icecast;
 pub mod memory;
+pub mod net;
 pub mod ring;
 pub mod server;
 pub mod source;

@@ -24,7 +24,8 @@ use axum::routing::get;
 
 use super::{AppState, status};
 use crate::icecast::{PushState, PushStatus};
-use crate::stats::{Endpoint, EndpointStats, SourceState, Stats};
+use crate::stats::{Endpoint, SourceState};
+use Kind::{Counter, Gauge};
 
 const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
@@ -38,7 +39,6 @@ async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
 }
 
 fn render(state: &AppState, up: bool) -> String {
-    use Kind::{Counter, Gauge};
     let stats = &state.stats;
     let source = &state.source;
     // A scrape is about 4 KiB: one allocation for the whole text, as a rule.
@@ -72,146 +72,101 @@ fn render(state: &AppState, up: bool) -> String {
         let value = u64::from(each == current);
         out.sample("pcmcast_source_state", &[("state", &each.name())], value);
     }
-    out.single(
-        "pcmcast_source_up",
-        Gauge,
-        "1 while the source delivers frames (/healthz is ok), 0 otherwise.",
-        u64::from(up),
-    );
-    out.single(
-        "pcmcast_frames_produced_total",
-        Counter,
-        "Frames the source has delivered to the hub.",
-        stats.frames_produced.load(Relaxed),
-    );
-    out.single(
-        "pcmcast_samples_dropped_total",
-        Counter,
-        "Samples the source could not push because the ring was full.",
-        stats.samples_dropped.load(Relaxed),
-    );
-    out.single(
-        "pcmcast_frames_skipped_total",
-        Counter,
-        "Frames listeners missed because they fell more than the backlog behind, all listeners.",
-        stats.frames_skipped.load(Relaxed),
-    );
-    out.single(
-        "pcmcast_listeners_dropped_total",
-        Counter,
-        "Raw PCM/WAV listeners dropped because their connection took nothing for as long as the backlog.",
-        stats.listeners_dropped.load(Relaxed),
-    );
-    out.single(
-        "pcmcast_backlog_frames",
-        Gauge,
-        "How many frames a listener may fall behind before it is skipped forward.",
-        state.hub.backlog_frames() as u64,
-    );
+    out.singles([
+        Family::gauge("pcmcast_source_up")
+            .help("1 while the source delivers frames (/healthz is ok), 0 otherwise.")
+            .samples(u64::from(up).into()),
+        Family::counter("pcmcast_frames_produced_total")
+            .help("Frames the source has delivered to the hub.")
+            .samples(count(&stats.frames_produced)),
+        Family::counter("pcmcast_samples_dropped_total")
+            .help("Samples the source could not push because the ring was full.")
+            .samples(count(&stats.samples_dropped)),
+        Family::counter("pcmcast_frames_skipped_total")
+            .help(
+                "Frames listeners missed because they fell more than the backlog behind, all \
+                 listeners.",
+            )
+            .samples(count(&stats.frames_skipped)),
+        Family::counter("pcmcast_listeners_dropped_total")
+            .help(
+                "Raw PCM/WAV listeners dropped because their connection took nothing for as \
+                 long as the backlog.",
+            )
+            .samples(count(&stats.listeners_dropped)),
+        Family::gauge("pcmcast_backlog_frames")
+            .help("How many frames a listener may fall behind before it is skipped forward.")
+            .samples((state.hub.backlog_frames() as u64).into()),
+    ]);
 
-    out.per_endpoint(
-        "pcmcast_listeners_current",
-        Gauge,
-        "Listeners connected now, per stream endpoint.",
-        stats,
-        |e| &e.listeners_current,
-    );
-    out.per_endpoint(
-        "pcmcast_listeners_peak",
-        Gauge,
-        "Most listeners connected at once since start-up, per stream endpoint.",
-        stats,
-        |e| &e.listeners_peak,
-    );
-    out.per_endpoint(
-        "pcmcast_listeners_total",
-        Counter,
-        "Listeners accepted since start-up, per stream endpoint.",
-        stats,
-        |e| &e.listeners_total,
-    );
-    out.per_endpoint(
-        "pcmcast_sent_bytes_total",
-        Counter,
-        "Body bytes handed to the HTTP layer for listeners, per stream endpoint.",
-        stats,
-        |e| &e.bytes_sent,
-    );
+    let endpoint = |e| stats.endpoint(e);
+    out.per_endpoint([
+        Family::gauge("pcmcast_listeners_current")
+            .help("Listeners connected now, per stream endpoint.")
+            .samples(&|e| count(&endpoint(e).listeners_current)),
+        Family::gauge("pcmcast_listeners_peak")
+            .help("Most listeners connected at once since start-up, per stream endpoint.")
+            .samples(&|e| count(&endpoint(e).listeners_peak)),
+        Family::counter("pcmcast_listeners_total")
+            .help("Listeners accepted since start-up, per stream endpoint.")
+            .samples(&|e| count(&endpoint(e).listeners_total)),
+        Family::counter("pcmcast_sent_bytes_total")
+            .help("Body bytes handed to the HTTP layer for listeners, per stream endpoint.")
+            .samples(&|e| count(&endpoint(e).bytes_sent)),
+    ]);
+    let real = |counter: &AtomicU64| counter.load(Relaxed) as f64;
     let rate_hz = f64::from(source.format.rate_hz);
-    out.per_encoded_endpoint(
-        "pcmcast_encoder_cpu_seconds_total",
-        Counter,
-        "CPU time the encoders of a compressed stream endpoint have used.",
-        stats,
-        |e| e.encoder_cpu_ns.load(Relaxed) as f64 / 1e9,
-    );
-    out.per_encoded_endpoint(
-        "pcmcast_encoded_audio_seconds_total",
-        Counter,
-        "Audio the encoders of a compressed stream endpoint have encoded.",
-        stats,
-        |e| e.encoded_source_samples.load(Relaxed) as f64 / rate_hz,
-    );
-    out.per_encoded_endpoint(
-        "pcmcast_encoder_faults_total",
-        Counter,
-        "Times an encoder of a compressed stream endpoint failed (its listeners were disconnected).",
-        stats,
-        |e| e.encoder_faults.load(Relaxed) as f64,
-    );
-    out.per_encoded_endpoint(
-        "pcmcast_pages_skipped_total",
-        Counter,
-        "Pages of a compressed stream that listeners missed because they fell behind.",
-        stats,
-        |e| e.pages_skipped.load(Relaxed) as f64,
-    );
-    out.single(
-        "pcmcast_all_listeners_current",
-        Gauge,
-        "Listeners connected now, all stream endpoints together.",
-        stats.listeners_current.load(Relaxed),
-    );
-    out.single(
-        "pcmcast_all_listeners_peak",
-        Gauge,
-        "Most listeners connected at once since start-up, all stream endpoints together.",
-        stats.listeners_peak.load(Relaxed),
-    );
-    out.single(
-        "pcmcast_all_listeners_total",
-        Counter,
-        "Listeners accepted since start-up, all stream endpoints together.",
-        stats.listeners_total.load(Relaxed),
-    );
+    out.per_encoded_endpoint([
+        Family::counter("pcmcast_encoder_cpu_seconds_total")
+            .help("CPU time the encoders of a compressed stream endpoint have used.")
+            .samples(&|e| (real(&endpoint(e).encoder_cpu_ns) / 1e9).into()),
+        Family::counter("pcmcast_encoded_audio_seconds_total")
+            .help("Audio the encoders of a compressed stream endpoint have encoded.")
+            .samples(&|e| (real(&endpoint(e).encoded_source_samples) / rate_hz).into()),
+        Family::counter("pcmcast_encoder_faults_total")
+            .help(
+                "Times an encoder of a compressed stream endpoint failed (its listeners were \
+                 disconnected).",
+            )
+            .samples(&|e| real(&endpoint(e).encoder_faults).into()),
+        Family::counter("pcmcast_pages_skipped_total")
+            .help("Pages of a compressed stream that listeners missed because they fell behind.")
+            .samples(&|e| real(&endpoint(e).pages_skipped).into()),
+    ]);
 
     let level = stats.last_level();
-    out.single(
-        "pcmcast_level_rms_dbfs",
-        Gauge,
-        "RMS level of the last frame in dBFS; -Inf for silence and before the first frame.",
-        dbfs(level.rms),
-    );
-    out.single(
-        "pcmcast_level_peak_dbfs",
-        Gauge,
-        "Peak level of the last frame in dBFS; -Inf for silence and before the first frame.",
-        dbfs(level.peak),
-    );
-    out.single(
-        "pcmcast_last_frame_age_seconds",
-        Gauge,
-        "Seconds since the source delivered its last frame; +Inf before the first frame.",
-        stats
-            .since_last_frame()
-            .map_or(f64::INFINITY, |age| age.as_secs_f64()),
-    );
-    out.single(
-        "pcmcast_uptime_seconds",
-        Gauge,
-        "Seconds since the server started.",
-        stats.uptime().as_secs_f64(),
-    );
+    let last_frame_age_s = stats
+        .since_last_frame()
+        .map_or(f64::INFINITY, |age| age.as_secs_f64());
+    out.singles([
+        Family::gauge("pcmcast_all_listeners_current")
+            .help("Listeners connected now, all stream endpoints together.")
+            .samples(count(&stats.listeners_current)),
+        Family::gauge("pcmcast_all_listeners_peak")
+            .help("Most listeners connected at once since start-up, all stream endpoints together.")
+            .samples(count(&stats.listeners_peak)),
+        Family::counter("pcmcast_all_listeners_total")
+            .help("Listeners accepted since start-up, all stream endpoints together.")
+            .samples(count(&stats.listeners_total)),
+        Family::gauge("pcmcast_level_rms_dbfs")
+            .help(
+                "RMS level of the last frame in dBFS; -Inf for silence and before the first \
+                 frame.",
+            )
+            .samples(dbfs(level.rms).into()),
+        Family::gauge("pcmcast_level_peak_dbfs")
+            .help(
+                "Peak level of the last frame in dBFS; -Inf for silence and before the first \
+                 frame.",
+            )
+            .samples(dbfs(level.peak).into()),
+        Family::gauge("pcmcast_last_frame_age_seconds")
+            .help("Seconds since the source delivered its last frame; +Inf before the first frame.")
+            .samples(last_frame_age_s.into()),
+        Family::gauge("pcmcast_uptime_seconds")
+            .help("Seconds since the server started.")
+            .samples(stats.uptime().as_secs_f64().into()),
+    ]);
     if let Some(push) = &state.icecast {
         icecast(&mut out, push);
     }
@@ -219,7 +174,6 @@ fn render(state: &AppState, up: bool) -> String {
 }
 
 fn icecast(out: &mut Exposition, push: &PushStatus) {
-    use Kind::{Counter, Gauge};
     out.family(
         "pcmcast_icecast_info",
         Gauge,
@@ -244,30 +198,25 @@ fn icecast(out: &mut Exposition, push: &PushStatus) {
         let value = u64::from(each == current);
         out.sample("pcmcast_icecast_state", &[("state", &each.name())], value);
     }
-    out.single(
-        "pcmcast_icecast_up",
-        Gauge,
-        "1 while Icecast takes the stream, 0 otherwise.",
-        u64::from(current == PushState::Streaming),
-    );
-    out.single(
-        "pcmcast_icecast_sent_bytes_total",
-        Counter,
-        "Body bytes written to Icecast, all connections together.",
-        push.bytes_sent.load(Relaxed),
-    );
-    out.single(
-        "pcmcast_icecast_connects_total",
-        Counter,
-        "Connections Icecast accepted as the source.",
-        push.connects.load(Relaxed),
-    );
-    out.single(
-        "pcmcast_icecast_frames_skipped_total",
-        Counter,
-        "Frames the Icecast push missed because it fell more than the backlog behind.",
-        push.frames_skipped.load(Relaxed),
-    );
+    out.singles([
+        Family::gauge("pcmcast_icecast_up")
+            .help("1 while Icecast takes the stream, 0 otherwise.")
+            .samples(u64::from(current == PushState::Streaming).into()),
+        Family::counter("pcmcast_icecast_sent_bytes_total")
+            .help("Body bytes written to Icecast, all connections together.")
+            .samples(count(&push.bytes_sent)),
+        Family::counter("pcmcast_icecast_connects_total")
+            .help("Connections Icecast accepted as the source.")
+            .samples(count(&push.connects)),
+        Family::counter("pcmcast_icecast_frames_skipped_total")
+            .help("Frames the Icecast push missed because it fell more than the backlog behind.")
+            .samples(count(&push.frames_skipped)),
+    ]);
+}
+
+/// A counter's value, exactly.
+fn count(counter: &AtomicU64) -> Value {
+    Value::Count(counter.load(Relaxed))
 }
 
 /// Decibels relative to full scale: `-inf` for silence.
@@ -280,6 +229,50 @@ enum Kind {
     Counter,
     Gauge,
 }
+
+/// One metric family as `render` lists them: name, type, help and what gives its samples
+/// (a value, or how to read one per endpoint).
+struct Family<T> {
+    name: &'static str,
+    kind: Kind,
+    help: &'static str,
+    samples: T,
+}
+
+impl Family<()> {
+    fn gauge(name: &'static str) -> Family<()> {
+        Family {
+            name,
+            kind: Gauge,
+            help: "",
+            samples: (),
+        }
+    }
+
+    fn counter(name: &'static str) -> Family<()> {
+        Family {
+            kind: Counter,
+            ..Family::gauge(name)
+        }
+    }
+
+    /// `help` must not hold a backslash or a newline.
+    fn help(self, help: &'static str) -> Family<()> {
+        Family { help, ..self }
+    }
+
+    fn samples<T>(self, samples: T) -> Family<T> {
+        Family {
+            name: self.name,
+            kind: self.kind,
+            help: self.help,
+            samples,
+        }
+    }
+}
+
+/// How a per-endpoint family reads an endpoint's value.
+type PerEndpoint<'a> = &'a dyn Fn(Endpoint) -> Value;
 
 /// A sample's value: counts exactly, reals in Prometheus' spelling.
 enum Value {
@@ -344,41 +337,35 @@ impl Exposition {
         let _ = writeln!(self.text, " {}", value.into());
     }
 
-    /// A family of one unlabelled sample.
-    fn single(&mut self, name: &str, kind: Kind, help: &str, value: impl Into<Value>) {
-        self.family(name, kind, help);
-        self.sample(name, &[], value);
-    }
-
-    /// A family of one sample per stream endpoint, `endpoint` label.
-    fn per_endpoint(
-        &mut self,
-        name: &str,
-        kind: Kind,
-        help: &str,
-        stats: &Stats,
-        counter: fn(&EndpointStats) -> &AtomicU64,
-    ) {
-        self.family(name, kind, help);
-        for endpoint in Endpoint::ALL {
-            let value = counter(stats.endpoint(endpoint)).load(Relaxed);
-            self.sample(name, &[("endpoint", &endpoint.name())], value);
+    /// Families of one unlabelled sample each.
+    fn singles<const N: usize>(&mut self, families: [Family<Value>; N]) {
+        for family in families {
+            self.family(family.name, family.kind, family.help);
+            self.sample(family.name, &[], family.samples);
         }
     }
 
-    /// A family of one sample per compressed stream endpoint, `endpoint` label.
-    fn per_encoded_endpoint(
+    /// Families of one sample per stream endpoint each, `endpoint` label.
+    fn per_endpoint<const N: usize>(&mut self, families: [Family<PerEndpoint<'_>>; N]) {
+        self.per(&Endpoint::ALL, families);
+    }
+
+    /// Families of one sample per compressed stream endpoint each, `endpoint` label.
+    fn per_encoded_endpoint<const N: usize>(&mut self, families: [Family<PerEndpoint<'_>>; N]) {
+        self.per(&Endpoint::ENCODED, families);
+    }
+
+    fn per<const N: usize>(
         &mut self,
-        name: &str,
-        kind: Kind,
-        help: &str,
-        stats: &Stats,
-        value: impl Fn(&EndpointStats) -> f64,
+        endpoints: &[Endpoint],
+        families: [Family<PerEndpoint<'_>>; N],
     ) {
-        self.family(name, kind, help);
-        for endpoint in Endpoint::ENCODED {
-            let value = value(stats.endpoint(endpoint));
-            self.sample(name, &[("endpoint", &endpoint.name())], value);
+        for family in families {
+            self.family(family.name, family.kind, family.help);
+            for &endpoint in endpoints {
+                let value = (family.samples)(endpoint);
+                self.sample(family.name, &[("endpoint", &endpoint.name())], value);
+            }
         }
     }
 }

@@ -21,6 +21,8 @@ use super::format::{PushEncoder, PushFormat};
 use super::url::IcecastUrl;
 use crate::frame::StreamFormat;
 use crate::hub::Subscription;
+use crate::net::ConnectError;
+use crate::net::response::ResponseHead;
 
 /// How long connecting, sending the request and reading the answer may take. Icecast answers
 /// at once; this only bounds a host that does not.
@@ -33,26 +35,15 @@ pub const STALL_LIMIT: Duration = Duration::from_secs(5);
 /// queue for an Icecast that reads too slowly; bounded, the push falls behind in the hub
 /// instead, where it is skipped forward to live audio.
 const SEND_BUFFER_BYTES: usize = 64 * 1024;
-/// Most bytes of an answer's head, and of the explanation Icecast sends with a refusal.
-const MAX_HEAD_BYTES: usize = 16 * 1024;
+/// Most bytes of the explanation Icecast sends with a refusal.
 const MAX_MESSAGE_BYTES: usize = 512;
 /// How long to wait for the explanation that follows a refusal's head.
 const MESSAGE_TIMEOUT: Duration = Duration::from_millis(500);
 
 #[derive(Debug, thiserror::Error)]
 pub enum PushError {
-    #[error("cannot resolve {host}")]
-    Resolve {
-        host: String,
-        #[source]
-        source: io::Error,
-    },
-    #[error("cannot connect to {addr}")]
-    Connect {
-        addr: String,
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
     #[error("no answer within {0:?}")]
     Timeout(Duration),
     #[error("the connection to Icecast failed")]
@@ -127,8 +118,9 @@ pub async fn open(url: &IcecastUrl, head: &str) -> Result<TcpStream, PushError> 
         .map_err(PushError::Io)?;
     let mut buffer = Vec::with_capacity(1024);
     loop {
-        let (status, reason, head_len) = match parse_answer(&buffer)? {
-            Some(answer) => answer,
+        // A head too long is no answer from Icecast either.
+        let head = match ResponseHead::parse(&buffer).map_err(|_| PushError::NotHttp)? {
+            Some(head) => head,
             None => {
                 let read = tokio::time::timeout_at(deadline, socket.read_buf(&mut buffer))
                     .await
@@ -141,16 +133,16 @@ pub async fn open(url: &IcecastUrl, head: &str) -> Result<TcpStream, PushError> 
                 }
             }
         };
-        buffer.drain(..head_len);
-        match status {
+        buffer.drain(..head.len);
+        match head.status {
             // Another head follows an interim answer.
             100 => continue,
             200..=299 => return Ok(socket),
             _ => {
                 let message = refusal_message(&mut socket, buffer).await;
                 return Err(PushError::Refused {
-                    status,
-                    reason,
+                    status: head.status,
+                    reason: head.reason,
                     message,
                 });
             }
@@ -160,7 +152,7 @@ pub async fn open(url: &IcecastUrl, head: &str) -> Result<TcpStream, PushError> 
 
 /// Connects to the first address of the host that accepts, before `deadline`.
 async fn connect(url: &IcecastUrl, deadline: Instant) -> Result<TcpStream, PushError> {
-    let resolve_error = |source| PushError::Resolve {
+    let resolve_error = |source| ConnectError::Resolve {
         host: url.host().to_owned(),
         source,
     };
@@ -178,25 +170,11 @@ async fn connect(url: &IcecastUrl, deadline: Instant) -> Result<TcpStream, PushE
             Err(_) => return Err(PushError::Timeout(OPEN_TIMEOUT)),
         }
     }
-    Err(PushError::Connect {
+    Err(ConnectError::Connect {
         addr: format!("{}:{}", url.host(), url.port()),
         source: last_error,
-    })
-}
-
-/// Status, reason and length of the answer's head, once `buffer` holds all of it.
-fn parse_answer(buffer: &[u8]) -> Result<Option<(u16, String, usize)>, PushError> {
-    let mut headers = [httparse::EMPTY_HEADER; 32];
-    let mut answer = httparse::Response::new(&mut headers);
-    match answer.parse(buffer) {
-        Ok(httparse::Status::Complete(len)) => {
-            let status = answer.code.ok_or(PushError::NotHttp)?;
-            let reason = answer.reason.unwrap_or_default().to_owned();
-            Ok(Some((status, reason, len)))
-        }
-        Ok(httparse::Status::Partial) if buffer.len() <= MAX_HEAD_BYTES => Ok(None),
-        Ok(httparse::Status::Partial) | Err(_) => Err(PushError::NotHttp),
     }
+    .into())
 }
 
 /// The first line of the text Icecast sends after a refusal (e.g. "Mountpoint in use"), if
@@ -300,21 +278,6 @@ mod tests {
             !head.contains("Transfer-Encoding") && !head.contains("Content-Length"),
             "Icecast reads the body raw, until the connection closes"
         );
-    }
-
-    #[test]
-    fn answers_are_parsed_once_complete() {
-        assert!(matches!(parse_answer(b"HTTP/1.0 200 OK\r\n"), Ok(None)));
-        let answer = parse_answer(b"HTTP/1.0 200 OK\r\n\r\n").unwrap();
-        assert_eq!(answer, Some((200, "OK".to_owned(), 19)));
-        let refusal = b"HTTP/1.0 403 Forbidden\r\nConnection: Close\r\n\r\nMountpoint in use";
-        let (status, reason, len) = parse_answer(refusal).unwrap().unwrap();
-        assert_eq!((status, reason.as_str()), (403, "Forbidden"));
-        assert_eq!(&refusal[len..], b"Mountpoint in use");
-        assert!(matches!(
-            parse_answer(b"SSH-2.0-OpenSSH_9.6\r\n\r\n"),
-            Err(PushError::NotHttp)
-        ));
     }
 
     #[test]

@@ -9,7 +9,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use crate::source::relay::split_host_port;
+use crate::net::url;
 
 #[derive(Clone, PartialEq, Eq)]
 pub struct IcecastUrl {
@@ -25,16 +25,9 @@ pub struct IcecastUrl {
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum UrlError {
-    #[error("expected a URL such as http://source:PASSWORD@HOST:8000/live")]
-    NotAUrl,
-    #[error("https:// is not supported, only plain http:// (Icecast 2.4's source protocol)")]
-    Https,
-    #[error("only http:// URLs are supported, not {0}://")]
-    Scheme(String),
-    #[error("the URL must not contain spaces or control characters")]
-    BadCharacter,
-    #[error("the URL names no host")]
-    NoHost,
+    #[error("{}", .0.message(&WORDING))]
+    Http(url::UrlError),
+    /// Quotes nothing of the URL, which carries the password.
     #[error("the URL has a bad port")]
     BadPort,
     #[error(
@@ -49,27 +42,31 @@ pub enum UrlError {
     BadEncoding,
 }
 
+/// The Icecast push's words for the refusals that depend on what the URL is for.
+const WORDING: url::Wording = url::Wording {
+    not_a_url: "expected a URL such as http://source:PASSWORD@HOST:8000/live",
+    https: "https:// is not supported, only plain http:// (Icecast 2.4's source protocol)",
+    other_scheme: "only http:// URLs are supported",
+    bad_character: "the URL must not contain spaces or control characters",
+};
+
+impl From<url::UrlError> for UrlError {
+    fn from(error: url::UrlError) -> UrlError {
+        match error {
+            url::UrlError::BadPort(_) => UrlError::BadPort,
+            error => UrlError::Http(error),
+        }
+    }
+}
+
 const DEFAULT_USER: &str = "source";
 
 impl FromStr for IcecastUrl {
     type Err = UrlError;
 
     fn from_str(text: &str) -> Result<IcecastUrl, UrlError> {
-        // Also keeps CR and LF out of the request this URL becomes.
-        if text.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            return Err(UrlError::BadCharacter);
-        }
-        let (scheme, rest) = text.split_once("://").ok_or(UrlError::NotAUrl)?;
-        match scheme.to_ascii_lowercase().as_str() {
-            "http" => {}
-            "https" => return Err(UrlError::Https),
-            "" => return Err(UrlError::NotAUrl),
-            _ => return Err(UrlError::Scheme(scheme.to_owned())),
-        }
-        let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-        let (authority, mount) = rest.split_at(authority_end);
-        // The last `@` ends the user information: a password may hold a bare `@`.
-        let (userinfo, authority) = authority.rsplit_once('@').ok_or(UrlError::NoPassword)?;
+        let url = url::split(text)?;
+        let userinfo = url.userinfo.ok_or(UrlError::NoPassword)?;
         let (user, password) = match userinfo.split_once(':') {
             Some((user, password)) => (percent_decode(user)?, percent_decode(password)?),
             None => (String::new(), String::new()),
@@ -77,10 +74,8 @@ impl FromStr for IcecastUrl {
         if password.is_empty() {
             return Err(UrlError::NoPassword);
         }
-        let (host, port) = split_host_port(authority).map_err(|error| match error {
-            crate::source::relay::UrlError::NoHost => UrlError::NoHost,
-            _ => UrlError::BadPort,
-        })?;
+        let (host, port) = url::split_host_port(url.authority)?;
+        let mount = url.rest;
         if mount.contains(['?', '#']) {
             return Err(UrlError::Query);
         }
@@ -88,7 +83,7 @@ impl FromStr for IcecastUrl {
             return Err(UrlError::NoMount);
         }
         Ok(IcecastUrl {
-            authority: authority.to_owned(),
+            authority: url.authority.to_owned(),
             host: host.to_owned(),
             port,
             mount: mount.to_owned(),
@@ -202,23 +197,35 @@ mod tests {
     #[test]
     fn bad_urls_are_refused_with_the_reason() {
         let cases = [
-            ("icecast:8000/live", UrlError::NotAUrl),
-            ("https://source:pw@h/live", UrlError::Https),
+            ("icecast:8000/live", UrlError::Http(url::UrlError::NotAUrl)),
+            (
+                "https://source:pw@h/live",
+                UrlError::Http(url::UrlError::Https),
+            ),
             (
                 "icecast://source:pw@h/live",
-                UrlError::Scheme("icecast".into()),
+                UrlError::Http(url::UrlError::Scheme("icecast".into())),
             ),
             ("http://h:8000/live", UrlError::NoPassword),
             ("http://source@h:8000/live", UrlError::NoPassword),
             ("http://source:@h:8000/live", UrlError::NoPassword),
-            ("http://source:pw@:8000/live", UrlError::NoHost),
+            (
+                "http://source:pw@:8000/live",
+                UrlError::Http(url::UrlError::NoHost),
+            ),
             ("http://source:pw@h:x/live", UrlError::BadPort),
             ("http://source:pw@h:8000", UrlError::NoMount),
             ("http://source:pw@h:8000/", UrlError::NoMount),
             ("http://source:pw@h:8000/live?x=1", UrlError::Query),
             ("http://source:p%zz@h/live", UrlError::BadEncoding),
-            ("http://source:pw@h/li ve", UrlError::BadCharacter),
-            ("http://source:pw@h/live\r\nX: 1", UrlError::BadCharacter),
+            (
+                "http://source:pw@h/li ve",
+                UrlError::Http(url::UrlError::BadCharacter),
+            ),
+            (
+                "http://source:pw@h/live\r\nX: 1",
+                UrlError::Http(url::UrlError::BadCharacter),
+            ),
         ];
         for (text, expected) in cases {
             assert_eq!(text.parse::<IcecastUrl>(), Err(expected), "{text}");

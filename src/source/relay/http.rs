@@ -12,28 +12,18 @@ use std::time::{Duration, Instant};
 
 use super::chunked::{ChunkedDecoder, ChunkedError};
 use super::url::RelayUrl;
+use crate::net::ConnectError;
+use crate::net::response::{HeadError, MAX_HEAD_BYTES, ResponseHead};
 
 /// How long a body read waits before handing control back to the caller.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(50);
 
-/// Most bytes a response head may take; pcmcast's are a few hundred.
-const MAX_HEAD_BYTES: usize = 16 * 1024;
 const READ_BUFFER_BYTES: usize = 16 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum HttpError {
-    #[error("cannot resolve {host}")]
-    Resolve {
-        host: String,
-        #[source]
-        source: io::Error,
-    },
-    #[error("cannot connect to {addr}")]
-    Connect {
-        addr: String,
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
     #[error("no response within {0:?}")]
     Timeout(Duration),
     #[error("the connection failed")]
@@ -50,6 +40,15 @@ pub enum HttpError {
     Chunked(#[from] ChunkedError),
     #[error("the connection closed in the middle of the response body")]
     Truncated,
+}
+
+impl From<HeadError> for HttpError {
+    fn from(error: HeadError) -> HttpError {
+        match error {
+            HeadError::NotHttp => HttpError::NotHttp,
+            HeadError::TooLong => HttpError::HeadTooLong,
+        }
+    }
 }
 
 /// How the end of the body is known.
@@ -96,9 +95,7 @@ pub enum Progress {
 }
 
 pub struct Response {
-    pub status: u16,
-    pub reason: String,
-    headers: Vec<(String, String)>,
+    pub head: ResponseHead,
     stream: TcpStream,
     body: Body,
     /// Body bytes that came in with the head, handed out by the first `read_body`.
@@ -124,15 +121,12 @@ pub fn get(url: &RelayUrl, timeout: Duration) -> Result<Response, HttpError> {
         .write_all(request.as_bytes())
         .map_err(HttpError::Io)?;
     let (head, early) = read_head(&mut stream, deadline, timeout)?;
-    let (status, reason, headers) = parse_head(&head)?;
-    let body = body_kind(&headers)?;
+    let body = body_kind(&head)?;
     stream
         .set_read_timeout(Some(POLL_INTERVAL))
         .map_err(HttpError::Io)?;
     Ok(Response {
-        status,
-        reason,
-        headers,
+        head,
         stream,
         body,
         early,
@@ -142,7 +136,7 @@ pub fn get(url: &RelayUrl, timeout: Duration) -> Result<Response, HttpError> {
 
 /// Connects to the first address of the host that accepts, before `deadline`.
 fn connect(url: &RelayUrl, deadline: Instant) -> Result<TcpStream, HttpError> {
-    let resolve_error = |source| HttpError::Resolve {
+    let resolve_error = |source| ConnectError::Resolve {
         host: url.host().to_owned(),
         source,
     };
@@ -161,10 +155,11 @@ fn connect(url: &RelayUrl, deadline: Instant) -> Result<TcpStream, HttpError> {
             Err(error) => last_error = error,
         }
     }
-    Err(HttpError::Connect {
+    Err(ConnectError::Connect {
         addr: format!("{}:{}", url.host(), url.port()),
         source: last_error,
-    })
+    }
+    .into())
 }
 
 /// Reads up to the end of the head; returns the head and the body bytes read past it.
@@ -172,8 +167,8 @@ fn read_head(
     stream: &mut TcpStream,
     deadline: Instant,
     timeout: Duration,
-) -> Result<(Vec<u8>, Vec<u8>), HttpError> {
-    let mut head = Vec::with_capacity(1024);
+) -> Result<(ResponseHead, Vec<u8>), HttpError> {
+    let mut read_so_far = Vec::with_capacity(1024);
     let mut buffer = [0u8; 4096];
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -182,33 +177,19 @@ fn read_head(
         }
         stream.set_read_timeout(Some(left)).map_err(HttpError::Io)?;
         let read = match stream.read(&mut buffer) {
-            Ok(0) if head.is_empty() => return Err(HttpError::NoAnswer),
+            Ok(0) if read_so_far.is_empty() => return Err(HttpError::NoAnswer),
             Ok(0) => return Err(HttpError::NotHttp),
             Ok(read) => read,
             Err(error) if is_timeout(&error) => return Err(HttpError::Timeout(timeout)),
             Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
             Err(error) => return Err(HttpError::Io(error)),
         };
-        let searched_from = head.len().saturating_sub(3);
-        head.extend_from_slice(&buffer[..read]);
-        if let Some(at) = find(&head[searched_from..], b"\r\n\r\n") {
-            let end = searched_from + at + 4;
-            let early = head.split_off(end);
+        read_so_far.extend_from_slice(&buffer[..read]);
+        if let Some(head) = ResponseHead::parse(&read_so_far)? {
+            let early = read_so_far.split_off(head.len);
             return Ok((head, early));
         }
-        if !head.starts_with(&b"HTTP/1."[..head.len().min(7)]) {
-            return Err(HttpError::NotHttp);
-        }
-        if head.len() > MAX_HEAD_BYTES {
-            return Err(HttpError::HeadTooLong);
-        }
     }
-}
-
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack
-        .windows(needle.len())
-        .position(|window| window == needle)
 }
 
 fn is_timeout(error: &io::Error) -> bool {
@@ -218,45 +199,15 @@ fn is_timeout(error: &io::Error) -> bool {
     )
 }
 
-type Head = (u16, String, Vec<(String, String)>);
-
-/// Status code, reason phrase and header fields of a head ending in an empty line.
-fn parse_head(head: &[u8]) -> Result<Head, HttpError> {
-    let text = String::from_utf8_lossy(head);
-    let mut lines = text.split("\r\n");
-    let status_line = lines.next().unwrap_or_default();
-    let (version, rest) = status_line.split_once(' ').ok_or(HttpError::NotHttp)?;
-    if !version.starts_with("HTTP/1.") {
-        return Err(HttpError::NotHttp);
-    }
-    let (code, reason) = rest.split_once(' ').unwrap_or((rest, ""));
-    let status = match code.parse::<u16>() {
-        Ok(status) if code.len() == 3 && (100..600).contains(&status) => status,
-        _ => return Err(HttpError::NotHttp),
-    };
-    let mut headers = Vec::new();
-    for line in lines.take_while(|line| !line.is_empty()) {
-        let (name, value) = line.split_once(':').ok_or(HttpError::NotHttp)?;
-        headers.push((name.trim().to_owned(), value.trim().to_owned()));
-    }
-    Ok((status, reason.to_owned(), headers))
-}
-
-fn body_kind(headers: &[(String, String)]) -> Result<Body, HttpError> {
-    let field = |name: &str| {
-        headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, value)| value.as_str())
-    };
-    if let Some(codings) = field("transfer-encoding") {
+fn body_kind(head: &ResponseHead) -> Result<Body, HttpError> {
+    if let Some(codings) = head.field("transfer-encoding") {
         let last = codings.rsplit(',').next().unwrap_or_default().trim();
         if last.eq_ignore_ascii_case("chunked") {
             return Ok(Body::Chunked(ChunkedDecoder::default()));
         }
         return Ok(Body::UntilClose);
     }
-    match field("content-length") {
+    match head.field("content-length") {
         Some(length) => length
             .parse()
             .map(|left| Body::Length { left })
@@ -266,14 +217,6 @@ fn body_kind(headers: &[(String, String)]) -> Result<Body, HttpError> {
 }
 
 impl Response {
-    /// The value of header field `name` (case-insensitive), if present.
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, value)| value.as_str())
-    }
-
     /// Waits up to [`POLL_INTERVAL`] for body bytes and hands what arrives to `out`.
     pub fn read_body(&mut self, mut out: impl FnMut(&[u8])) -> Result<Progress, HttpError> {
         if !self.early.is_empty() {
@@ -329,42 +272,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_head_gives_status_reason_and_fields() {
-        let head = b"HTTP/1.1 200 OK\r\nX-Pcm-Rate:  48000 \r\ntransfer-encoding: chunked\r\n\r\n";
-        let (status, reason, headers) = parse_head(head).unwrap();
-        assert_eq!((status, reason.as_str()), (200, "OK"));
-        assert_eq!(headers[0], ("X-Pcm-Rate".to_owned(), "48000".to_owned()));
-        assert!(matches!(body_kind(&headers), Ok(Body::Chunked(_))));
-        let (status, reason, _) = parse_head(b"HTTP/1.0 404\r\n\r\n").unwrap();
-        assert_eq!((status, reason.as_str()), (404, ""));
-    }
-
-    #[test]
-    fn what_is_not_an_http_head_is_refused() {
-        for head in [
-            &b"SSH-2.0-OpenSSH_9.6\r\n\r\n"[..],
-            b"HTTP/2 200\r\n\r\n",
-            b"HTTP/1.1 2000 OK\r\n\r\n",
-            b"HTTP/1.1 OK\r\n\r\n",
-            b"HTTP/1.1 200 OK\r\nno colon\r\n\r\n",
-        ] {
-            assert!(
-                matches!(parse_head(head), Err(HttpError::NotHttp)),
-                "{}",
-                String::from_utf8_lossy(head)
-            );
-        }
-    }
-
-    #[test]
     fn the_body_ends_by_length_by_chunks_or_at_close() {
-        let fields = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
-            pairs
-                .iter()
-                .map(|(n, v)| (n.to_string(), v.to_string()))
-                .collect()
+        let head = |fields: &str| {
+            let head = format!("HTTP/1.1 200 OK\r\n{fields}\r\n");
+            ResponseHead::parse(head.as_bytes()).unwrap().unwrap()
         };
-        let mut sized = body_kind(&fields(&[("Content-Length", "5")])).unwrap();
+        let mut sized = body_kind(&head("Content-Length: 5\r\n")).unwrap();
         let mut out = Vec::new();
         assert!(
             !sized
@@ -377,10 +290,12 @@ mod tests {
                 .unwrap()
         );
         assert_eq!(out, b"abcde");
-        let gzip = fields(&[("Transfer-Encoding", "gzip")]);
+        let chunked = head("transfer-encoding: chunked\r\n");
+        assert!(matches!(body_kind(&chunked), Ok(Body::Chunked(_))));
+        let gzip = head("Transfer-Encoding: gzip\r\n");
         assert!(matches!(body_kind(&gzip), Ok(Body::UntilClose)));
-        assert!(matches!(body_kind(&[]), Ok(Body::UntilClose)));
-        let bad = fields(&[("content-length", "-1")]);
+        assert!(matches!(body_kind(&head("")), Ok(Body::UntilClose)));
+        let bad = head("content-length: -1\r\n");
         assert!(matches!(body_kind(&bad), Err(HttpError::BadLength(_))));
     }
 }

@@ -32,7 +32,6 @@ use crate::ring::RingWriter;
 use crate::stats::{SourceState, Stats};
 use http::{HttpError, Progress, Response};
 use samples::SampleDecoder;
-pub(crate) use url::split_host_port;
 pub use url::{RelayUrl, UrlError};
 
 /// How long connecting, sending the request and reading the response head may take. The
@@ -120,10 +119,10 @@ pub fn open(url: &RelayUrl) -> Result<Relay, RelayError> {
 
 fn connect(url: &RelayUrl) -> Result<Upstream, RelayError> {
     let response = http::get(url, OPEN_TIMEOUT)?;
-    if response.status != 200 {
+    if response.head.status != 200 {
         return Err(RelayError::Status {
-            status: response.status,
-            reason: response.reason.clone(),
+            status: response.head.status,
+            reason: response.head.reason.clone(),
             message: response.error_message(ERROR_BODY_TIMEOUT),
         });
     }
@@ -143,7 +142,7 @@ fn connect(url: &RelayUrl) -> Result<Upstream, RelayError> {
     let frame_size_samples = pcm_header(&response, "X-Pcm-Frame-Size", |value| {
         value.parse().ok().filter(|&n| n > 0)
     })?;
-    let content_type = response.header("Content-Type").unwrap_or_default();
+    let content_type = response.head.field("Content-Type").unwrap_or_default();
     if !content_type.eq_ignore_ascii_case(RAW_PCM) {
         return Err(RelayError::NotRawPcm(content_type.to_owned()));
     }
@@ -162,7 +161,8 @@ fn pcm_header<T>(
     parse: impl Fn(&str) -> Option<T>,
 ) -> Result<T, RelayError> {
     let value = response
-        .header(name)
+        .head
+        .field(name)
         .ok_or(RelayError::MissingHeader(name))?;
     parse(value).ok_or_else(|| RelayError::BadHeader {
         name,
