@@ -319,16 +319,9 @@ async fn check_tone_level(browser: &Browser) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_player_plays_the_tone_and_shows_the_stream() {
     let started = Instant::now();
-    let server = common::start(&[
-        "--tone",
-        "440",
-        "--rate",
-        "48000",
-        "--channels",
-        "2",
-        "--token",
-        TOKEN,
-    ])
+    let server = common::start_line(&format!(
+        "--tone 440 --rate 48000 --channels 2 --token {TOKEN}"
+    ))
     .await;
     let driver = Chromedriver::start("browser-player").await;
     let browser = driver.session().await;
@@ -507,18 +500,9 @@ async fn relay(client: TcpStream, upstream: SocketAddr, piece_bytes: usize, cut:
 async fn the_player_copes_with_odd_rates_split_chunks_bursts_and_cuts() {
     const BURST_FRAMES: u64 = 12;
     let started = Instant::now();
-    let server = common::start(&[
-        "--tone",
-        "100",
-        "--rate",
-        "2000",
-        "--channels",
-        "2",
-        "--frame-size",
-        "256",
-        "--burst",
-        &BURST_FRAMES.to_string(),
-    ])
+    let server = common::start_line(&format!(
+        "--tone 100 --rate 2000 --channels 2 --frame-size 256 --burst {BURST_FRAMES}"
+    ))
     .await;
     let relay = Relay::start(server.addr, 1001).await;
     let driver = Chromedriver::start("browser-hard-cases").await;

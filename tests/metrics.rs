@@ -170,17 +170,7 @@ fn promtool_check(text: &str) {
 async fn metrics_pass_promtool_and_cover_the_contract() {
     // 8 whole cycles of the tone per frame, one sample exactly on each crest: the level of
     // every frame is exactly the sine's.
-    let server = common::start(&[
-        "--tone",
-        "375",
-        "--rate",
-        "48000",
-        "--channels",
-        "2",
-        "--frame-size",
-        "1024",
-    ])
-    .await;
+    let server = common::start_line("--tone 375 --rate 48000 --channels 2 --frame-size 1024").await;
     let _stop = server.shutdown.clone().drop_guard();
     let api = Api::new(server.addr);
 
@@ -232,17 +222,7 @@ async fn metrics_pass_promtool_and_cover_the_contract() {
 /// least what listeners received; frames produced grows; totals and peaks stay after leaving.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_follow_listeners_and_the_source() {
-    let server = common::start(&[
-        "--tone",
-        "440",
-        "--rate",
-        "48000",
-        "--channels",
-        "2",
-        "--frame-size",
-        "480",
-    ])
-    .await;
+    let server = common::start_line("--tone 440 --rate 48000 --channels 2 --frame-size 480").await;
     let _stop = server.shutdown.clone().drop_guard();
     let api = Api::new(server.addr);
     let before = api.wait_for_frames_metric("a first frame", 0.0).await;

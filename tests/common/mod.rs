@@ -67,6 +67,12 @@ pub async fn start(args: &[&str]) -> Server {
     }
 }
 
+/// Like [`start`], with the arguments written as one command line (`"--tone 440 --rate 48000"`),
+/// split at white space: no argument may contain any.
+pub async fn start_line(command_line: &str) -> Server {
+    start(&command_line.split_whitespace().collect::<Vec<_>>()).await
+}
+
 impl Server {
     pub fn url(&self, path_and_query: &str) -> String {
         format!("http://{}{}", self.addr, path_and_query)
