@@ -815,11 +815,7 @@ async fn bad_requests_get_json_errors() {
 /// Property: any `format` other than f32le and s16le is a 400 that names the parameter.
 #[test]
 fn any_other_format_is_refused_by_name() {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = common::runtime();
     let server = runtime.block_on(common::start(&["--tone", "440"]));
     let _stop = server.shutdown.clone().drop_guard();
     let api = Api::new(server.addr);

@@ -41,6 +41,16 @@ pub fn check_all<C: Sync>(cases: &[C], check: impl Fn(&C) -> Result<String, Stri
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }
 
+/// A runtime like the one `#[tokio::test(flavor = "multi_thread", worker_threads = 2)]` gives,
+/// for tests that drive a server from plain code (property tests).
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
 /// A pcmcast running inside the test process, on an ephemeral loopback port.
 pub struct Server {
     pub addr: SocketAddr,
