@@ -4,32 +4,8 @@
 
 mod common;
 
-use std::process::{Command, Output};
-use std::time::Duration;
-
+use common::tools::{probe, run, succeeded};
 use serde_json::Value;
-
-/// Runs `program` with `args` on a blocking thread, so the runtime stays free for the server.
-async fn run(program: &'static str, args: Vec<String>) -> Output {
-    tokio::task::spawn_blocking(move || {
-        common::output_within(Command::new(program).args(&args), Duration::from_secs(20))
-    })
-    .await
-    .unwrap()
-}
-
-fn succeeded(output: &Output) -> bool {
-    output.status.success() && output.stderr.is_empty()
-}
-
-/// ffprobe's view of the first stream at `url`.
-async fn probe(url: String) -> Value {
-    let args = ["-v", "error", "-show_streams", "-of", "json", &url].map(String::from);
-    let output = run("ffprobe", args.to_vec()).await;
-    assert!(succeeded(&output), "ffprobe {url}: {output:?}");
-    let report: Value = serde_json::from_slice(&output.stdout).unwrap();
-    report["streams"][0].clone()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ffprobe_identifies_the_wav_stream() {

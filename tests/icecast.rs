@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use common::api::{Api, STEP, send, within};
 use common::icecast::{Icecast, Relay, free_port};
+use common::tools;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -107,15 +108,8 @@ async fn listen_as(input: &[&str], url: String) -> Heard {
         ]
         .map(String::from),
     );
-    let output = tokio::task::spawn_blocking(move || {
-        common::output_within(Command::new("ffmpeg").args(args), Duration::from_secs(20))
-    })
-    .await
-    .unwrap();
-    assert!(
-        output.status.success() && output.stderr.is_empty(),
-        "ffmpeg on {url}: {output:?}"
-    );
+    let output = tools::run("ffmpeg", args).await;
+    assert!(tools::succeeded(&output), "ffmpeg on {url}: {output:?}");
     let samples: Vec<i16> = output
         .stdout
         .chunks_exact(2)

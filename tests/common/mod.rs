@@ -1,10 +1,12 @@
 //! Shared test harness: real pcmcast servers on 127.0.0.1:0, in-process (through the library)
-//! or as the real binary, plus WAV fixtures; [`icecast`] runs real Icecast servers.
+//! or as the real binary, plus WAV fixtures; [`icecast`] runs real Icecast servers and [`tools`]
+//! the real client programs.
 
 #![allow(dead_code)] // each test binary uses its own part of the harness
 
 pub mod api;
 pub mod icecast;
+pub mod tools;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
