@@ -18,7 +18,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use common::api::{Api, STEP, send, within};
-use common::icecast::{Icecast, Relay, free_port};
+use common::free_port;
+use common::icecast::{Icecast, Relay};
 use common::tools;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -342,11 +342,7 @@ async fn source_name_is_escaped_and_silence_is_minus_infinity() {
 /// closed port is down and retrying; the URL is shown without its password.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_icecast_push_adds_its_families() {
-    let closed_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let closed_port = common::free_port();
     let url = format!("http://source:pa55word@127.0.0.1:{closed_port}/live");
     let server = common::start(&["--tone", "440", "--icecast", &url]).await;
     let _stop = server.shutdown.clone().drop_guard();

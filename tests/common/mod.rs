@@ -10,6 +10,7 @@ pub mod tools;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -192,6 +193,42 @@ impl Drop for Process {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A program in a process group of its own, its output discarded. The whole group (the program
+/// and the processes it starts, no others) is killed when this is dropped, so that a failed
+/// test leaves none of them behind: killing the program alone would orphan its children.
+pub struct ProcessGroup {
+    child: Child,
+}
+
+impl ProcessGroup {
+    /// Spawns `command` as the leader of a new process group.
+    pub fn spawn(command: &mut Command) -> ProcessGroup {
+        let child = command
+            .process_group(0)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{command:?} starts: {e}"));
+        ProcessGroup { child }
+    }
+}
+
+impl Drop for ProcessGroup {
+    fn drop(&mut self) {
+        let group = -i32::try_from(self.child.id()).unwrap();
+        // SAFETY: kill(2) with a negative PID signals that process group: the one made for
+        // this program at spawn.
+        unsafe { libc::kill(group, libc::SIGKILL) };
+        let _ = self.child.wait();
+    }
+}
+
+/// A port of 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
 }
 
 /// Runs the binary to completion with `args` (a 10 s limit), returning (exit code, stderr).
