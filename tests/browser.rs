@@ -7,14 +7,15 @@
 mod common;
 
 use std::future::Future;
-use std::net::{SocketAddr, TcpListener};
-use std::os::unix::process::CommandExt;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
+use common::ProcessGroup;
+use common::api::Api;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -40,11 +41,10 @@ const CHROMIUM_ARGS: &[&str] = &[
     "--window-size=1000,1100",
 ];
 
-/// chromedriver on a free loopback port, in a process group of its own that Chromium joins;
-/// the group (these processes and no others) is killed when this is dropped, so that a failed
-/// test leaves no browser behind: killing chromedriver alone orphans Chromium.
+/// chromedriver on a free loopback port, in a [`ProcessGroup`] that Chromium joins: a failed
+/// test leaves no browser behind.
 struct Chromedriver {
-    child: Child,
+    _process: ProcessGroup,
     url: String,
     http: reqwest::Client,
     profile: PathBuf,
@@ -59,20 +59,10 @@ impl Chromedriver {
                 "{program} is missing: install Debian's chromium and chromium-driver (scripts/test does)"
             );
         }
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new(CHROMEDRIVER)
-            .arg(format!("--port={port}"))
-            .process_group(0)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("chromedriver starts");
+        let port = common::free_port();
+        let process = ProcessGroup::spawn(Command::new(CHROMEDRIVER).arg(format!("--port={port}")));
         let driver = Chromedriver {
-            child,
+            _process: process,
             url: format!("http://127.0.0.1:{port}"),
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(15))
@@ -114,16 +104,6 @@ impl Chromedriver {
             http: self.http.clone(),
             url: format!("{}/session/{id}", self.url),
         }
-    }
-}
-
-impl Drop for Chromedriver {
-    fn drop(&mut self) {
-        let group = -i32::try_from(self.child.id()).unwrap();
-        // SAFETY: kill(2) with a negative PID signals that process group: the one made for
-        // chromedriver at spawn.
-        unsafe { libc::kill(group, libc::SIGKILL) };
-        let _ = self.child.wait();
     }
 }
 
@@ -319,16 +299,9 @@ async fn check_tone_level(browser: &Browser) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_player_plays_the_tone_and_shows_the_stream() {
     let started = Instant::now();
-    let server = common::start(&[
-        "--tone",
-        "440",
-        "--rate",
-        "48000",
-        "--channels",
-        "2",
-        "--token",
-        TOKEN,
-    ])
+    let server = common::start_line(&format!(
+        "--tone 440 --rate 48000 --channels 2 --token {TOKEN}"
+    ))
     .await;
     let driver = Chromedriver::start("browser-player").await;
     let browser = driver.session().await;
@@ -507,18 +480,9 @@ async fn relay(client: TcpStream, upstream: SocketAddr, piece_bytes: usize, cut:
 async fn the_player_copes_with_odd_rates_split_chunks_bursts_and_cuts() {
     const BURST_FRAMES: u64 = 12;
     let started = Instant::now();
-    let server = common::start(&[
-        "--tone",
-        "100",
-        "--rate",
-        "2000",
-        "--channels",
-        "2",
-        "--frame-size",
-        "256",
-        "--burst",
-        &BURST_FRAMES.to_string(),
-    ])
+    let server = common::start_line(&format!(
+        "--tone 100 --rate 2000 --channels 2 --frame-size 256 --burst {BURST_FRAMES}"
+    ))
     .await;
     let relay = Relay::start(server.addr, 1001).await;
     let driver = Chromedriver::start("browser-hard-cases").await;
@@ -616,14 +580,10 @@ async fn the_page_and_its_assets_are_served_with_their_types() {
 async fn audio_elements_play_the_compressed_streams() {
     let started = Instant::now();
     let server = common::start(&["--tone", "440", "--rate", "44100"]).await;
+    let api = Api::new(server.addr);
     let mut keep_running = Vec::new();
     for path in ["/stream.opus", "/stream.flac"] {
-        let mut first = reqwest::get(server.url(path)).await.unwrap();
-        assert_eq!(first.status(), 200, "{path}");
-        first.chunk().await.unwrap().expect("the header");
-        keep_running.push(tokio::spawn(async move {
-            while let Ok(Some(_)) = first.chunk().await {}
-        }));
+        keep_running.push(api.keep_listening(path).await);
     }
     let driver = Chromedriver::start("browser-audio-elements").await;
     let browser = driver.session().await;
@@ -671,15 +631,11 @@ async fn audio_elements_play_the_compressed_streams() {
             started.elapsed()
         );
     }
-    let status = common::get_json(server.url("/status")).await;
-    assert_eq!(
-        status["endpoints"]["opus"]["listeners"]["current"], 2,
-        "{status}"
-    );
-    assert_eq!(
-        status["endpoints"]["flac"]["listeners"]["current"], 2,
-        "{status}"
-    );
+    let status = api.status().await;
+    for endpoint in ["opus", "flac"] {
+        let listeners = &status["endpoints"][endpoint]["listeners"];
+        assert_eq!(listeners["current"], 2, "{endpoint}: {status}");
+    }
 
     browser.close().await;
     drop(driver);

@@ -4,32 +4,8 @@
 
 mod common;
 
-use std::process::{Command, Output};
-use std::time::Duration;
-
+use common::tools::{probe, run, succeeded};
 use serde_json::Value;
-
-/// Runs `program` with `args` on a blocking thread, so the runtime stays free for the server.
-async fn run(program: &'static str, args: Vec<String>) -> Output {
-    tokio::task::spawn_blocking(move || {
-        common::output_within(Command::new(program).args(&args), Duration::from_secs(20))
-    })
-    .await
-    .unwrap()
-}
-
-fn succeeded(output: &Output) -> bool {
-    output.status.success() && output.stderr.is_empty()
-}
-
-/// ffprobe's view of the first stream at `url`.
-async fn probe(url: String) -> Value {
-    let args = ["-v", "error", "-show_streams", "-of", "json", &url].map(String::from);
-    let output = run("ffprobe", args.to_vec()).await;
-    assert!(succeeded(&output), "ffprobe {url}: {output:?}");
-    let report: Value = serde_json::from_slice(&output.stdout).unwrap();
-    report["streams"][0].clone()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ffprobe_identifies_the_wav_stream() {
@@ -37,14 +13,9 @@ async fn ffprobe_identifies_the_wav_stream() {
     let mut servers = Vec::new();
     let mut probes = tokio::task::JoinSet::new();
     for (rate_hz, channels) in formats {
-        let server = common::start(&[
-            "--tone",
-            "1000",
-            "--rate",
-            &rate_hz.to_string(),
-            "--channels",
-            &channels.to_string(),
-        ])
+        let server = common::start_line(&format!(
+            "--tone 1000 --rate {rate_hz} --channels {channels}"
+        ))
         .await;
         for (query, codec, bits) in [("", "pcm_s16le", 16), ("?format=f32le", "pcm_f32le", 32)] {
             let url = server.url(&format!("/stream.wav{query}"));
@@ -117,16 +88,9 @@ async fn ffmpeg_decodes_the_wav_stream_to_the_files_samples() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn curl_prints_exactly_the_json_lines_asked_for() {
     let (rate_hz, channels, frame_size) = (16_000, 2, 160);
-    let server = common::start(&[
-        "--tone",
-        "440",
-        "--rate",
-        &rate_hz.to_string(),
-        "--channels",
-        &channels.to_string(),
-        "--frame-size",
-        &frame_size.to_string(),
-    ])
+    let server = common::start_line(&format!(
+        "--tone 440 --rate {rate_hz} --channels {channels} --frame-size {frame_size}"
+    ))
     .await;
     let url = server.url("/stream.ndjson?frames=5");
     let output = run("curl", vec!["-sN".into(), url]).await;
@@ -154,16 +118,9 @@ async fn curl_prints_exactly_the_json_lines_asked_for() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn curl_counts_exactly_n_frames_of_pcm_over_http_1_1_and_1_0() {
     let (channels, frame_size, frames) = (3usize, 441usize, 7usize);
-    let server = common::start(&[
-        "--tone",
-        "1000",
-        "--rate",
-        "22050",
-        "--channels",
-        &channels.to_string(),
-        "--frame-size",
-        &frame_size.to_string(),
-    ])
+    let server = common::start_line(&format!(
+        "--tone 1000 --rate 22050 --channels {channels} --frame-size {frame_size}"
+    ))
     .await;
     // (path and query, bytes per sample, header bytes)
     let streams = [

@@ -5,28 +5,12 @@
 
 mod common;
 
-use std::process::{Command, Output};
-use std::time::Duration;
-
 use bytes::Bytes;
 use common::api::{Api, STEP, json_error, within};
+use common::tools::{probe, run, succeeded};
 use pcmcast::encode::f32_to_s24;
-use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
-
-/// Runs `program` with `args` on a blocking thread, so the runtime stays free for the server.
-async fn run(program: &'static str, args: Vec<String>) -> Output {
-    tokio::task::spawn_blocking(move || {
-        common::output_within(Command::new(program).args(&args), Duration::from_secs(20))
-    })
-    .await
-    .unwrap()
-}
-
-fn succeeded(output: &Output) -> bool {
-    output.status.success() && output.stderr.is_empty()
-}
 
 /// ffmpeg's decode of `url` as raw `format` samples (`s32le`, `f32le`).
 async fn decode(url: String, format: &str) -> Vec<u8> {
@@ -34,37 +18,6 @@ async fn decode(url: String, format: &str) -> Vec<u8> {
     let output = run("ffmpeg", args.to_vec()).await;
     assert!(succeeded(&output), "ffmpeg {url}: {output:?}");
     output.stdout
-}
-
-/// ffprobe's view of the first stream at `url`.
-async fn probe(url: String) -> Value {
-    let args = ["-v", "error", "-show_streams", "-of", "json", &url].map(String::from);
-    let output = run("ffprobe", args.to_vec()).await;
-    assert!(succeeded(&output), "ffprobe {url}: {output:?}");
-    let report: Value = serde_json::from_slice(&output.stdout).unwrap();
-    report["streams"][0].clone()
-}
-
-/// Starts a listener of `path` that keeps reading in the background, so that the stream's
-/// encoder is running when the test's own listener joins: that one joins mid-stream. Returns
-/// once the first listener has its header and a page; the task ends when the stream does, and
-/// fails unless it ends cleanly.
-async fn keep_listening(api: &Api, path: &str) -> tokio::task::JoinHandle<()> {
-    let response = api.get_ok(path).await;
-    let mut body = response.bytes_stream();
-    let mut received = 0;
-    while received < 2 {
-        within(STEP, "the first listener's header and page", body.next())
-            .await
-            .expect("the stream goes on")
-            .unwrap();
-        received += 1;
-    }
-    tokio::spawn(async move {
-        while let Some(chunk) = body.next().await {
-            chunk.expect("the stream ends cleanly");
-        }
-    })
 }
 
 /// Streams `path`'s body into a channel, chunk by chunk, from a task of its own.
@@ -92,7 +45,7 @@ async fn flac_from_a_mid_stream_listener_is_exactly_the_pcm_endpoints_samples() 
     let server = common::start(&["--wav", wav.to_str().unwrap(), "--loop"]).await;
     let api = Api::new(server.addr);
 
-    let first = keep_listening(&api, "/stream.flac").await;
+    let first = api.keep_listening("/stream.flac").await;
     let mut pcm = collect_in_background(&api, "/stream.pcm?format=f32le").await;
     let header = api.body("/stream.flac?frames=1").await;
     assert_eq!(&header[..4], b"fLaC");
@@ -159,8 +112,8 @@ fn find_run(received: &[i32], run: &[i32], channels: usize) -> Option<usize> {
 async fn ffprobe_identifies_both_streams_joining_mid_stream() {
     let server = common::start(&["--tone", "1000", "--rate", "44100"]).await;
     let api = Api::new(server.addr);
-    let flac_first = keep_listening(&api, "/stream.flac").await;
-    let opus_first = keep_listening(&api, "/stream.opus").await;
+    let flac_first = api.keep_listening("/stream.flac").await;
+    let opus_first = api.keep_listening("/stream.opus").await;
     let flac = probe(server.url("/stream.flac?frames=20")).await;
     println!(
         "/stream.flac: {} {} Hz {} ch {} bits",
@@ -222,7 +175,7 @@ async fn opus_decodes_to_the_tones_frequency_and_level_at_any_source_rate() {
     for rate_hz in ["44100", "48000", "16000"] {
         let server = common::start(&["--tone", "1000", "--rate", rate_hz]).await;
         let api = Api::new(server.addr);
-        let first = keep_listening(&api, "/stream.opus").await;
+        let first = api.keep_listening("/stream.opus").await;
         // The header's two pages (sequence 0 and 1), then a page from the running stream.
         let joined = api.body("/stream.opus?frames=1").await;
         let pages = ogg_pages(&joined);

@@ -272,19 +272,9 @@ async fn sse_and_ws_frames_are_the_ndjson_frames() {
     const CHANNELS: u16 = 2;
     const FRAME_SIZE: usize = 256;
     // A backlog far larger than any scheduling hiccup: nobody is skipped here.
-    let server = common::start(&[
-        "--tone",
-        "1001",
-        "--rate",
-        "48000",
-        "--channels",
-        "2",
-        "--frame-size",
-        "256",
-        "--backlog",
-        "1000",
-    ])
-    .await;
+    let server =
+        common::start_line("--tone 1001 --rate 48000 --channels 2 --frame-size 256 --backlog 1000")
+            .await;
     let _stop = server.shutdown.clone().drop_guard();
     let api = Api::new(server.addr);
     // Connected first, the NDJSON listener gets every frame the others get.
@@ -405,19 +395,9 @@ async fn ws_clients_that_stop_reading_are_skipped_forward_and_told() {
     const BACKLOG: u64 = 8;
     // Big frames fill the socket buffers fast. The tone's frames repeat only every 375 frames
     // (4096 × 1001 / 96000 cycles per frame), so a frame's samples identify its seq here.
-    let server = common::start(&[
-        "--tone",
-        "1001",
-        "--rate",
-        "96000",
-        "--channels",
-        "8",
-        "--frame-size",
-        "4096",
-        "--backlog",
-        "8",
-    ])
-    .await;
+    let server =
+        common::start_line("--tone 1001 --rate 96000 --channels 8 --frame-size 4096 --backlog 8")
+            .await;
     let _stop = server.shutdown.clone().drop_guard();
     let api = Api::new(server.addr);
     let binary_frame_bytes = FRAME_SIZE * CHANNELS * 4;

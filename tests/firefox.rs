@@ -8,12 +8,11 @@
 
 mod common;
 
-use std::net::TcpListener;
-use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::ProcessGroup;
 use common::api::{Api, STEP, within};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -63,10 +62,10 @@ impl Drop for Sink {
     }
 }
 
-/// Headless Firefox with Marionette on a free port, in a process group of its own that is
-/// killed (that group only) when this is dropped.
+/// Headless Firefox with Marionette on a free port, in a [`ProcessGroup`]: a failed test
+/// leaves none of its processes behind.
 struct Firefox {
-    child: Child,
+    _process: ProcessGroup,
     port: u16,
 }
 
@@ -76,11 +75,7 @@ impl Firefox {
             Path::new(FIREFOX).exists(),
             "{FIREFOX} is missing: install Debian's firefox-esr (scripts/test does)"
         );
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = common::free_port();
         let profile = common::scratch_dir("firefox-profile");
         // Media may start without a click: the test has no user to click.
         let prefs = format!(
@@ -89,27 +84,17 @@ impl Firefox {
              user_pref(\"browser.shell.checkDefaultBrowser\", false);\n"
         );
         std::fs::write(profile.join("user.js"), prefs).unwrap();
-        let child = Command::new(FIREFOX)
-            .args(["--headless", "--marionette", "--no-remote", "--profile"])
-            .arg(&profile)
-            .envs(sink.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .env("HOME", &profile)
-            .process_group(0)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("firefox starts");
-        Firefox { child, port }
-    }
-}
-
-impl Drop for Firefox {
-    fn drop(&mut self) {
-        let group = -i32::try_from(self.child.id()).unwrap();
-        // SAFETY: kill(2) with a negative PID signals that process group: the one made for
-        // Firefox at spawn.
-        unsafe { libc::kill(group, libc::SIGKILL) };
-        let _ = self.child.wait();
+        let process = ProcessGroup::spawn(
+            Command::new(FIREFOX)
+                .args(["--headless", "--marionette", "--no-remote", "--profile"])
+                .arg(&profile)
+                .envs(sink.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+                .env("HOME", &profile),
+        );
+        Firefox {
+            _process: process,
+            port,
+        }
     }
 }
 
@@ -195,11 +180,7 @@ async fn audio_elements_play_the_compressed_streams_in_firefox() {
     // Other listeners keep both encoders running: Firefox joins mid-stream.
     let mut keep_running = Vec::new();
     for path in ["/stream.opus", "/stream.flac"] {
-        let mut first = api.get_ok(path).await;
-        first.chunk().await.unwrap().expect("the header");
-        keep_running.push(tokio::spawn(async move {
-            while let Ok(Some(_)) = first.chunk().await {}
-        }));
+        keep_running.push(api.keep_listening(path).await);
     }
     let sink = tokio::task::spawn_blocking(Sink::start).await.unwrap();
     let firefox = Firefox::start(&sink);
@@ -253,14 +234,10 @@ async fn audio_elements_play_the_compressed_streams_in_firefox() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let status = api.status().await;
-    assert_eq!(
-        status["endpoints"]["opus"]["listeners"]["current"], 2,
-        "{status}"
-    );
-    assert_eq!(
-        status["endpoints"]["flac"]["listeners"]["current"], 2,
-        "{status}"
-    );
+    for endpoint in ["opus", "flac"] {
+        let listeners = &status["endpoints"][endpoint]["listeners"];
+        assert_eq!(listeners["current"], 2, "{endpoint}: {status}");
+    }
 
     drop(marionette);
     drop(firefox);

@@ -18,7 +18,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use common::api::{Api, STEP, send, within};
-use common::icecast::{Icecast, Relay, free_port};
+use common::free_port;
+use common::icecast::{Icecast, Relay};
+use common::tools;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -34,14 +36,32 @@ const RELAY_LIMIT: Duration = Duration::from_secs(10);
 const RECONNECT_LIMIT: Duration = Duration::from_secs(10);
 
 /// pcmcast with a 440 Hz stereo tone, pushing to `url`, given in the environment (which `ps`
-/// does not show) as a user would.
-fn spawn_pushing(url: &str) -> common::Process {
+/// does not show) as a user would; and a client of it.
+fn spawn_pushing(url: &str) -> (common::Process, Api) {
     let mut command = Command::new(common::binary());
     command
         .args(["--tone", "440", "--rate", "48000", "--channels", "2"])
         .args(["--bind", "127.0.0.1:0"])
         .env("PCMCAST_ICECAST", url);
-    tokio::task::block_in_place(|| common::spawn_command(command))
+    let pcmcast = tokio::task::block_in_place(|| common::spawn_command(command));
+    let api = Api::new(pcmcast.addr);
+    (pcmcast, api)
+}
+
+/// [`spawn_pushing`], once the push is streaming; with the push's `/status` then.
+async fn spawn_streaming(url: &str) -> (common::Process, Api, Value) {
+    let (pcmcast, api) = spawn_pushing(url);
+    let push = wait_for_push(&api, "streaming", STEP, |p| p["state"] == "streaming").await;
+    (pcmcast, api, push)
+}
+
+/// A second Icecast, named `name`, relaying `mount` of `master`.
+async fn start_relay(name: &str, master: &Icecast, mount: &'static str) -> Icecast {
+    let relay = Relay {
+        port: master.port,
+        mount,
+    };
+    Icecast::start(name, free_port(), Some(relay)).await
 }
 
 /// Polls pcmcast's `/status` until its `icecast` object satisfies `ready`, for up to `limit`.
@@ -89,15 +109,8 @@ async fn listen_as(input: &[&str], url: String) -> Heard {
         ]
         .map(String::from),
     );
-    let output = tokio::task::spawn_blocking(move || {
-        common::output_within(Command::new("ffmpeg").args(args), Duration::from_secs(20))
-    })
-    .await
-    .unwrap();
-    assert!(
-        output.status.success() && output.stderr.is_empty(),
-        "ffmpeg on {url}: {output:?}"
-    );
+    let output = tools::run("ffmpeg", args).await;
+    assert!(tools::succeeded(&output), "ffmpeg on {url}: {output:?}");
     let samples: Vec<i16> = output
         .stdout
         .chunks_exact(2)
@@ -113,34 +126,12 @@ async fn listen_as(input: &[&str], url: String) -> Heard {
 }
 
 impl Heard {
-    /// Level and frequency of the left channel: RMS, and Hz from its rising zero crossings.
-    fn level_and_frequency(&self) -> (f64, f64) {
-        let rms = (self.left.iter().map(|s| s * s).sum::<f64>() / self.left.len() as f64).sqrt();
-        let crossings: Vec<f64> = self
-            .left
-            .windows(2)
-            .enumerate()
-            .filter(|(_, pair)| pair[0] < 0.0 && pair[1] >= 0.0)
-            .map(|(i, pair)| i as f64 + pair[0] / (pair[0] - pair[1]))
-            .collect();
-        assert!(crossings.len() > 100, "{} crossings", crossings.len());
-        let span = crossings.last().unwrap() - crossings[0];
-        (
-            rms,
-            (crossings.len() - 1) as f64 * f64::from(RATE_HZ) / span,
-        )
-    }
-
-    /// Checks this is pcmcast's tone, whole: the expected length, both channels equal, the
-    /// tone's level, 440 Hz, and every period of it in place (no gap, no misaligned sample).
-    /// Prints what it measured.
-    fn check_tone(&self, what: &str) {
-        let expected_len = (LISTEN_S * f64::from(RATE_HZ)) as usize;
-        assert_eq!(self.left.len(), expected_len, "{what}: samples per channel");
-        assert!(self.channels_equal, "{what}: both channels carry the tone");
+    /// Checks the left channel has the tone's level (an RMS within `rms_tolerance` of the
+    /// tone's) and frequency (440 Hz within 0.5 Hz, from its rising zero crossings), printing
+    /// what it measured; returns the crossings, interpolated between samples.
+    fn check_level_and_frequency(&self, what: &str, rms_tolerance: f64) -> Vec<f64> {
         let rms = (self.left.iter().map(|s| s * s).sum::<f64>() / self.left.len() as f64).sqrt();
         let expected_rms = f64::from(pcmcast::source::tone::AMPLITUDE) / 2f64.sqrt();
-        // Rising zero crossings, interpolated between samples.
         let crossings: Vec<f64> = self
             .left
             .windows(2)
@@ -155,24 +146,36 @@ impl Heard {
         );
         let span = crossings.last().unwrap() - crossings[0];
         let frequency_hz = (crossings.len() - 1) as f64 * f64::from(RATE_HZ) / span;
-        let period = f64::from(RATE_HZ) / TONE_HZ;
-        let worst_period_error = crossings
-            .windows(2)
-            .map(|pair| (pair[1] - pair[0] - period).abs())
-            .fold(0.0, f64::max);
         println!(
             "{what}: {} samples per channel, RMS {rms:.4} (tone {expected_rms:.4}), \
-             {frequency_hz:.2} Hz, worst period off by {worst_period_error:.3} samples",
+             {frequency_hz:.2} Hz",
             self.left.len()
         );
         assert!(
-            (rms - expected_rms).abs() < 0.01,
+            (rms - expected_rms).abs() < rms_tolerance,
             "{what}: RMS {rms}, expected {expected_rms}"
         );
         assert!(
             (frequency_hz - TONE_HZ).abs() < 0.5,
             "{what}: {frequency_hz} Hz"
         );
+        crossings
+    }
+
+    /// Checks this is pcmcast's tone, whole: the expected length, both channels equal, the
+    /// tone's level, 440 Hz, and every period of it in place (no gap, no misaligned sample).
+    /// Prints what it measured.
+    fn check_tone(&self, what: &str) {
+        let expected_len = (LISTEN_S * f64::from(RATE_HZ)) as usize;
+        assert_eq!(self.left.len(), expected_len, "{what}: samples per channel");
+        assert!(self.channels_equal, "{what}: both channels carry the tone");
+        let crossings = self.check_level_and_frequency(what, 0.01);
+        let period = f64::from(RATE_HZ) / TONE_HZ;
+        let worst_period_error = crossings
+            .windows(2)
+            .map(|pair| (pair[1] - pair[0] - period).abs())
+            .fold(0.0, f64::max);
+        println!("{what}: worst period off by {worst_period_error:.3} samples");
         assert!(
             worst_period_error < 0.05,
             "{what}: a period off by {worst_period_error} samples: a gap or a jump"
@@ -188,9 +191,7 @@ async fn metrics(api: &Api) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn listeners_of_the_mount_and_of_a_relay_decode_the_pushed_tone() {
     let master = Icecast::start("master", free_port(), None).await;
-    let pcmcast = spawn_pushing(&master.source_url(MOUNT));
-    let api = Api::new(pcmcast.addr);
-    let push = wait_for_push(&api, "streaming", STEP, |p| p["state"] == "streaming").await;
+    let (pcmcast, api, push) = spawn_streaming(&master.source_url(MOUNT)).await;
     assert_eq!(push["url"], master.url(MOUNT), "{push}");
     assert_eq!(push["format"], "pcm", "{push}");
     assert_eq!(push["connects"], 1, "{push}");
@@ -212,15 +213,7 @@ async fn listeners_of_the_mount_and_of_a_relay_decode_the_pushed_tone() {
         .check_tone("a listener of the master's mount");
 
     // A second Icecast relaying the first serves the stream too.
-    let relay = Icecast::start(
-        "relay",
-        free_port(),
-        Some(Relay {
-            port: master.port,
-            mount: MOUNT,
-        }),
-    )
-    .await;
+    let relay = start_relay("relay", &master, MOUNT).await;
     let relayed = relay.wait_for_mount(MOUNT, RELAY_LIMIT).await;
     assert_eq!(relayed["server_type"], "application/octet-stream");
     listen(relay.url(MOUNT))
@@ -275,9 +268,7 @@ async fn listeners_of_the_mount_and_of_a_relay_decode_the_pushed_tone() {
 async fn an_opus_push_plays_for_listeners_who_join_late() {
     const OPUS_MOUNT: &str = "/live.opus";
     let master = Icecast::start("opus", free_port(), None).await;
-    let pcmcast = spawn_pushing(&master.source_url(OPUS_MOUNT));
-    let api = Api::new(pcmcast.addr);
-    let push = wait_for_push(&api, "streaming", STEP, |p| p["state"] == "streaming").await;
+    let (_pcmcast, api, push) = spawn_streaming(&master.source_url(OPUS_MOUNT)).await;
     assert_eq!(
         (&push["format"], &push["content_type"]),
         (&"opus".into(), &"audio/ogg".into()),
@@ -289,47 +280,16 @@ async fn an_opus_push_plays_for_listeners_who_join_late() {
     // Joins late: well after the first pages.
     api.wait_for_frames(100).await;
     let heard = listen_as(&[], master.url(OPUS_MOUNT)).await;
-    let (rms, frequency_hz) = heard.level_and_frequency();
-    let expected_rms = f64::from(pcmcast::source::tone::AMPLITUDE) / 2f64.sqrt();
-    println!(
-        "a late listener of the Opus mount: {} samples per channel, RMS {rms:.4} (tone \
-         {expected_rms:.4}), {frequency_hz:.2} Hz",
-        heard.left.len()
-    );
     assert_eq!(heard.left.len(), (LISTEN_S * f64::from(RATE_HZ)) as usize);
-    assert!(
-        (rms - expected_rms).abs() < 0.02,
-        "RMS {rms}, expected {expected_rms}"
-    );
-    assert!((frequency_hz - TONE_HZ).abs() < 0.5, "{frequency_hz} Hz");
+    heard.check_level_and_frequency("a late listener of the Opus mount", 0.02);
 
     // A second Icecast relaying the Ogg/Opus mount serves it too.
-    let relay = Icecast::start(
-        "opus-relay",
-        free_port(),
-        Some(Relay {
-            port: master.port,
-            mount: OPUS_MOUNT,
-        }),
-    )
-    .await;
+    let relay = start_relay("opus-relay", &master, OPUS_MOUNT).await;
     let relayed = relay.wait_for_mount(OPUS_MOUNT, RELAY_LIMIT).await;
     assert_eq!(relayed["server_type"], "audio/ogg");
-    let heard = listen_as(&[], relay.url(OPUS_MOUNT)).await;
-    let (rms, frequency_hz) = heard.level_and_frequency();
-    println!(
-        "a listener of the relay's Opus mount: {} samples per channel, RMS {rms:.4}, \
-         {frequency_hz:.2} Hz",
-        heard.left.len()
-    );
-    assert!(
-        (rms - expected_rms).abs() < 0.02,
-        "relay: RMS {rms}, expected {expected_rms}"
-    );
-    assert!(
-        (frequency_hz - TONE_HZ).abs() < 0.5,
-        "relay: {frequency_hz} Hz"
-    );
+    listen_as(&[], relay.url(OPUS_MOUNT))
+        .await
+        .check_level_and_frequency("a listener of the relay's Opus mount", 0.02);
     let status = api.status().await;
     assert_eq!(status["icecast"]["connects"], 1, "{status}");
 }
@@ -337,9 +297,7 @@ async fn an_opus_push_plays_for_listeners_who_join_late() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_push_resumes_by_itself_when_icecast_restarts() {
     let mut icecast = Icecast::start("restart", free_port(), None).await;
-    let pcmcast = spawn_pushing(&icecast.source_url(MOUNT));
-    let api = Api::new(pcmcast.addr);
-    wait_for_push(&api, "streaming", STEP, |p| p["state"] == "streaming").await;
+    let (_pcmcast, api, _) = spawn_streaming(&icecast.source_url(MOUNT)).await;
     icecast.wait_for_mount(MOUNT, STEP).await;
 
     // Kill Icecast (SIGKILL, by PID): the push fails and retries.
@@ -403,9 +361,7 @@ fn log(process: &common::Process) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refusals_show_in_status_while_pcmcast_keeps_serving() {
     let icecast = Icecast::start("refusals", free_port(), None).await;
-    let first = spawn_pushing(&icecast.source_url(MOUNT));
-    let first_api = Api::new(first.addr);
-    wait_for_push(&first_api, "streaming", STEP, |p| p["state"] == "streaming").await;
+    let (first, first_api, _) = spawn_streaming(&icecast.source_url(MOUNT)).await;
     let has_error = |needle: &'static str| {
         move |p: &Value| {
             p["state"] == "retrying" && p["last_error"].as_str().is_some_and(|e| e.contains(needle))
@@ -413,8 +369,7 @@ async fn refusals_show_in_status_while_pcmcast_keeps_serving() {
     };
 
     // A second source for the same mount: 403.
-    let second = spawn_pushing(&icecast.source_url(MOUNT));
-    let second_api = Api::new(second.addr);
+    let (second, second_api) = spawn_pushing(&icecast.source_url(MOUNT));
     let taken = wait_for_push(&second_api, "refused with 403", STEP, has_error("403")).await;
     println!("mount taken: {}", taken["last_error"]);
     assert!(
@@ -431,8 +386,7 @@ async fn refusals_show_in_status_while_pcmcast_keeps_serving() {
         "http://source:{wrong_password}@127.0.0.1:{}/other",
         icecast.port
     );
-    let wrong = spawn_pushing(&wrong_url);
-    let wrong_api = Api::new(wrong.addr);
+    let (wrong, wrong_api) = spawn_pushing(&wrong_url);
     let refused = wait_for_push(&wrong_api, "refused with 401", STEP, has_error("401")).await;
     println!("wrong password: {}", refused["last_error"]);
     assert!(
@@ -635,8 +589,7 @@ async fn listen_until_push(
 async fn a_slow_icecast_is_skipped_forward_and_a_stalled_one_dropped_without_slowing_listeners() {
     let reading = Arc::new(AtomicBool::new(true));
     let port = slow_icecast(reading.clone()).await;
-    let pcmcast = spawn_pushing(&format!("http://source:pw@127.0.0.1:{port}{MOUNT}"));
-    let api = Api::new(pcmcast.addr);
+    let (_pcmcast, api) = spawn_pushing(&format!("http://source:pw@127.0.0.1:{port}{MOUNT}"));
     let mut listener = api.get_ok("/stream.pcm?format=s16le").await;
     let started = Instant::now();
     let bytes_per_s = f64::from(RATE_HZ) * (CHANNELS * 2) as f64;

@@ -170,17 +170,7 @@ fn promtool_check(text: &str) {
 async fn metrics_pass_promtool_and_cover_the_contract() {
     // 8 whole cycles of the tone per frame, one sample exactly on each crest: the level of
     // every frame is exactly the sine's.
-    let server = common::start(&[
-        "--tone",
-        "375",
-        "--rate",
-        "48000",
-        "--channels",
-        "2",
-        "--frame-size",
-        "1024",
-    ])
-    .await;
+    let server = common::start_line("--tone 375 --rate 48000 --channels 2 --frame-size 1024").await;
     let _stop = server.shutdown.clone().drop_guard();
     let api = Api::new(server.addr);
 
@@ -232,17 +222,7 @@ async fn metrics_pass_promtool_and_cover_the_contract() {
 /// least what listeners received; frames produced grows; totals and peaks stay after leaving.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_follow_listeners_and_the_source() {
-    let server = common::start(&[
-        "--tone",
-        "440",
-        "--rate",
-        "48000",
-        "--channels",
-        "2",
-        "--frame-size",
-        "480",
-    ])
-    .await;
+    let server = common::start_line("--tone 440 --rate 48000 --channels 2 --frame-size 480").await;
     let _stop = server.shutdown.clone().drop_guard();
     let api = Api::new(server.addr);
     let before = api.wait_for_frames_metric("a first frame", 0.0).await;
@@ -362,11 +342,7 @@ async fn source_name_is_escaped_and_silence_is_minus_infinity() {
 /// closed port is down and retrying; the URL is shown without its password.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_icecast_push_adds_its_families() {
-    let closed_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let closed_port = common::free_port();
     let url = format!("http://source:pa55word@127.0.0.1:{closed_port}/live");
     let server = common::start(&["--tone", "440", "--icecast", &url]).await;
     let _stop = server.shutdown.clone().drop_guard();

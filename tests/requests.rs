@@ -35,42 +35,29 @@ struct Endpoint {
     formats: &'static [&'static str],
 }
 
+impl Endpoint {
+    const fn new(
+        path: &'static str,
+        params: &'static [&'static str],
+        formats: &'static [&'static str],
+    ) -> Endpoint {
+        Endpoint {
+            path,
+            params,
+            formats,
+        }
+    }
+}
+
+/// Every stream endpoint: its path, parameters and formats.
 const ENDPOINTS: &[Endpoint] = &[
-    Endpoint {
-        path: "/stream.pcm",
-        params: &["format", "frames"],
-        formats: &["f32le", "s16le"],
-    },
-    Endpoint {
-        path: "/stream.wav",
-        params: &["format", "frames"],
-        formats: &["f32le", "s16le"],
-    },
-    Endpoint {
-        path: "/stream.ndjson",
-        params: &["frames"],
-        formats: &[],
-    },
-    Endpoint {
-        path: "/events",
-        params: &["frames"],
-        formats: &[],
-    },
-    Endpoint {
-        path: "/ws",
-        params: &["format", "frames"],
-        formats: &["f32le", "json"],
-    },
-    Endpoint {
-        path: "/stream.opus",
-        params: &["bitrate", "frames"],
-        formats: &[],
-    },
-    Endpoint {
-        path: "/stream.flac",
-        params: &["frames"],
-        formats: &[],
-    },
+    Endpoint::new("/stream.pcm", &["format", "frames"], &["f32le", "s16le"]),
+    Endpoint::new("/stream.wav", &["format", "frames"], &["f32le", "s16le"]),
+    Endpoint::new("/stream.ndjson", &["frames"], &[]),
+    Endpoint::new("/events", &["frames"], &[]),
+    Endpoint::new("/ws", &["format", "frames"], &["f32le", "json"]),
+    Endpoint::new("/stream.opus", &["bitrate", "frames"], &[]),
+    Endpoint::new("/stream.flac", &["frames"], &[]),
 ];
 
 /// Every format any endpoint accepts, and near misses of them.
@@ -111,11 +98,7 @@ struct Shared {
 fn shared() -> &'static Shared {
     static SHARED: OnceLock<Shared> = OnceLock::new();
     SHARED.get_or_init(|| {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
+        let runtime = common::runtime();
         // Runs until the test process exits: its task is detached, never cancelled.
         let server = runtime.block_on(common::start(&["--tone", "440"]));
         let api = Api::new(server.addr);

@@ -460,17 +460,7 @@ async fn ndjson_gives_n_consecutive_frames_of_the_tone() {
     const CHANNELS: usize = 2;
     const FRAME_SIZE: u64 = 256;
     const FRAMES: usize = 25;
-    let server = common::start(&[
-        "--tone",
-        "440",
-        "--rate",
-        "48000",
-        "--channels",
-        "2",
-        "--frame-size",
-        "256",
-    ])
-    .await;
+    let server = common::start_line("--tone 440 --rate 48000 --channels 2 --frame-size 256").await;
     let _stop = server.shutdown.clone().drop_guard();
     let api = Api::new(server.addr);
 
@@ -537,19 +527,9 @@ async fn a_slow_listener_is_skipped_forward_and_told() {
     const READ_BYTES: usize = 4096;
     const READ_INTERVAL: Duration = Duration::from_millis(20);
     const SKIPS: usize = 2;
-    let server = common::start(&[
-        "--tone",
-        "1000",
-        "--rate",
-        "48000",
-        "--channels",
-        "2",
-        "--frame-size",
-        "1024",
-        "--backlog",
-        "32",
-    ])
-    .await;
+    let server =
+        common::start_line("--tone 1000 --rate 48000 --channels 2 --frame-size 1024 --backlog 32")
+            .await;
     let _stop = server.shutdown.clone().drop_guard();
     let api = Api::new(server.addr);
 
@@ -603,19 +583,9 @@ async fn stalled_listeners_do_not_slow_the_source_or_others() {
     // ~1.5 s: longer than the stalled listeners last (at most the backlog, 100 frames of
     // 10.7 ms, once their buffers are full).
     const FRAMES: usize = 141;
-    let server = common::start(&[
-        "--tone",
-        "440",
-        "--rate",
-        "48000",
-        "--channels",
-        "8",
-        "--frame-size",
-        "512",
-        "--backlog",
-        "100",
-    ])
-    .await;
+    let server =
+        common::start_line("--tone 440 --rate 48000 --channels 8 --frame-size 512 --backlog 100")
+            .await;
     let _stop = server.shutdown.clone().drop_guard();
     let api = Api::new(server.addr);
 
@@ -845,11 +815,7 @@ async fn bad_requests_get_json_errors() {
 /// Property: any `format` other than f32le and s16le is a 400 that names the parameter.
 #[test]
 fn any_other_format_is_refused_by_name() {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = common::runtime();
     let server = runtime.block_on(common::start(&["--tone", "440"]));
     let _stop = server.shutdown.clone().drop_guard();
     let api = Api::new(server.addr);
@@ -887,17 +853,7 @@ fn any_other_format_is_refused_by_name() {
 /// leave); `/healthz` is ok while the tone runs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_reports_source_frames_and_listeners() {
-    let server = common::start(&[
-        "--tone",
-        "440",
-        "--rate",
-        "44100",
-        "--channels",
-        "3",
-        "--frame-size",
-        "441",
-    ])
-    .await;
+    let server = common::start_line("--tone 440 --rate 44100 --channels 3 --frame-size 441").await;
     let _stop = server.shutdown.clone().drop_guard();
     let api = Api::new(server.addr);
 
@@ -943,19 +899,9 @@ async fn status_reports_source_frames_and_listeners() {
 async fn burst_starts_a_listener_with_recent_frames() {
     const BURST: u64 = 5;
     // 100 ms frames: connecting takes far less than the burst's 500 ms.
-    let server = common::start(&[
-        "--tone",
-        "440",
-        "--rate",
-        "48000",
-        "--channels",
-        "1",
-        "--frame-size",
-        "4800",
-        "--burst",
-        "5",
-    ])
-    .await;
+    let server =
+        common::start_line("--tone 440 --rate 48000 --channels 1 --frame-size 4800 --burst 5")
+            .await;
     let _stop = server.shutdown.clone().drop_guard();
     let api = Api::new(server.addr);
     api.wait_for_frames(BURST + 1).await;

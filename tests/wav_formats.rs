@@ -269,16 +269,9 @@ async fn a_looped_file_repeats_seamlessly() {
 async fn frames_arrive_at_the_pace_of_the_sample_clock() {
     const RATE_HZ: u32 = 48_000;
     const FRAME: u64 = 1024;
-    let server = common::start(&[
-        "--tone",
-        "440",
-        "--rate",
-        &RATE_HZ.to_string(),
-        "--channels",
-        "1",
-        "--frame-size",
-        &FRAME.to_string(),
-    ])
+    let server = common::start_line(&format!(
+        "--tone 440 --rate {RATE_HZ} --channels 1 --frame-size {FRAME}"
+    ))
     .await;
     let mut response = reqwest::get(server.url("/stream.ndjson")).await.unwrap();
     assert_eq!(response.status(), 200);

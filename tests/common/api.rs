@@ -1,6 +1,6 @@
 //! Time-bounded HTTP helpers for tests against one server: an [`Api`] client with `/status`
-//! polling, the NDJSON frame shape, JSON error checks, and the sizing of listeners that stop
-//! reading.
+//! polling and listeners kept in the background, the NDJSON frame shape, JSON error checks,
+//! and the sizing of listeners that stop reading.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -11,6 +11,8 @@ use reqwest::{RequestBuilder, Response};
 use serde::Deserialize;
 use serde_json::Value;
 use tokio::net::{TcpSocket, TcpStream};
+use tokio::task::JoinHandle;
+use tokio_stream::StreamExt;
 
 /// Bound on any single step: a request, a short read, a wait for a condition.
 pub const STEP: Duration = Duration::from_secs(5);
@@ -150,6 +152,28 @@ impl Api {
             frames_produced(s) >= frames
         })
         .await
+    }
+
+    /// Starts a listener of `path` that keeps reading in the background, so that the stream's
+    /// encoder is running when another listener joins: that one joins mid-stream. Returns once
+    /// the first listener has its header and a page; the task ends when the stream does, and
+    /// fails unless it ends cleanly.
+    pub async fn keep_listening(&self, path: &str) -> JoinHandle<()> {
+        let response = self.get_ok(path).await;
+        let mut body = response.bytes_stream();
+        let mut received = 0;
+        while received < 2 {
+            within(STEP, "the first listener's header and page", body.next())
+                .await
+                .expect("the stream goes on")
+                .unwrap();
+            received += 1;
+        }
+        tokio::spawn(async move {
+            while let Some(chunk) = body.next().await {
+                chunk.expect("the stream ends cleanly");
+            }
+        })
     }
 
     /// The shortest of a few NDJSON lines, to size what socket buffers can hold in frames.

@@ -4,7 +4,6 @@
 //! another Icecast; killed by PID when dropped. Needs root (scripts/test runs as root and
 //! installs `icecast2`).
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -28,12 +27,6 @@ pub struct Icecast {
 pub struct Relay {
     pub port: u16,
     pub mount: &'static str,
-}
-
-/// A port of 127.0.0.1 that was free a moment ago.
-pub fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().port()
 }
 
 impl Icecast {

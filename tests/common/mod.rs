@@ -1,13 +1,16 @@
 //! Shared test harness: real pcmcast servers on 127.0.0.1:0, in-process (through the library)
-//! or as the real binary, plus WAV fixtures; [`icecast`] runs real Icecast servers.
+//! or as the real binary, plus WAV fixtures; [`icecast`] runs real Icecast servers and [`tools`]
+//! the real client programs.
 
 #![allow(dead_code)] // each test binary uses its own part of the harness
 
 pub mod api;
 pub mod icecast;
+pub mod tools;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -41,6 +44,16 @@ pub fn check_all<C: Sync>(cases: &[C], check: impl Fn(&C) -> Result<String, Stri
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }
 
+/// A runtime like the one `#[tokio::test(flavor = "multi_thread", worker_threads = 2)]` gives,
+/// for tests that drive a server from plain code (property tests).
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
 /// A pcmcast running inside the test process, on an ephemeral loopback port.
 pub struct Server {
     pub addr: SocketAddr,
@@ -65,6 +78,12 @@ pub async fn start(args: &[&str]) -> Server {
         shutdown,
         handle,
     }
+}
+
+/// Like [`start`], with the arguments written as one command line (`"--tone 440 --rate 48000"`),
+/// split at white space: no argument may contain any.
+pub async fn start_line(command_line: &str) -> Server {
+    start(&command_line.split_whitespace().collect::<Vec<_>>()).await
 }
 
 impl Server {
@@ -174,6 +193,42 @@ impl Drop for Process {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A program in a process group of its own, its output discarded. The whole group (the program
+/// and the processes it starts, no others) is killed when this is dropped, so that a failed
+/// test leaves none of them behind: killing the program alone would orphan its children.
+pub struct ProcessGroup {
+    child: Child,
+}
+
+impl ProcessGroup {
+    /// Spawns `command` as the leader of a new process group.
+    pub fn spawn(command: &mut Command) -> ProcessGroup {
+        let child = command
+            .process_group(0)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{command:?} starts: {e}"));
+        ProcessGroup { child }
+    }
+}
+
+impl Drop for ProcessGroup {
+    fn drop(&mut self) {
+        let group = -i32::try_from(self.child.id()).unwrap();
+        // SAFETY: kill(2) with a negative PID signals that process group: the one made for
+        // this program at spawn.
+        unsafe { libc::kill(group, libc::SIGKILL) };
+        let _ = self.child.wait();
+    }
+}
+
+/// A port of 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
 }
 
 /// Runs the binary to completion with `args` (a 10 s limit), returning (exit code, stderr).
