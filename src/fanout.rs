@@ -579,8 +579,8 @@ struct Shard {
     /// Where the round's writes go, where io_uring is available.
     #[cfg(target_os = "linux")]
     ring: Option<uring::Ring>,
-    /// The round's writes, by listener slot, and what each wrote (kept for their capacity).
-    turns: Vec<(usize, Turn)>,
+    /// The round's writes and what each wrote (kept for their capacity).
+    turns: Vec<Turn>,
     results: Vec<io::Result<usize>>,
 }
 
@@ -722,13 +722,25 @@ impl Shard {
         tally: &mut Tally,
     ) -> usize {
         let mut left = 0;
+        // The turns are kept from round to round and filled in place: moving each (some 600
+        // bytes) in and out of the list cost more than the rest of the shard's own work.
         let mut turns = std::mem::take(&mut self.turns);
+        let mut count = 0;
         for slot in 0..listeners.slots.len() {
             let Some(listener) = listeners.get_mut(slot) else {
                 continue;
             };
-            match guarded(|| listener.begin(window, round, tally)).unwrap_or(Begin::Done) {
-                Begin::Write(turn) => turns.push((slot, turn)),
+            if count == turns.len() {
+                turns.push(Turn::default());
+            }
+            let turn = &mut turns[count];
+            // Already clear, unless a panic in the last listener's turn left it half-filled.
+            turn.clear();
+            match guarded(|| listener.begin(window, round, tally, turn)).unwrap_or(Begin::Done) {
+                Begin::Write => {
+                    turn.slot = slot;
+                    count += 1;
+                }
                 Begin::Keep => {}
                 Begin::Done => {
                     self.dismiss(listeners, slot);
@@ -736,14 +748,16 @@ impl Shard {
                 }
             }
         }
-        self.write(listeners, &turns);
+        self.write(listeners, &turns[..count]);
         let mut results = std::mem::take(&mut self.results);
-        for ((slot, turn), written) in turns.drain(..).zip(results.drain(..)) {
+        for (turn, written) in turns.iter_mut().zip(results.drain(..)) {
+            let slot = turn.slot;
             let listener = listeners.get_mut(slot).expect("a listener with a turn");
             if !guarded(|| listener.finish(turn, written, window, round, tally)).unwrap_or(false) {
                 self.dismiss(listeners, slot);
                 left += 1;
             }
+            turn.clear();
         }
         self.turns = turns;
         self.results = results;
@@ -752,7 +766,7 @@ impl Shard {
 
     /// Writes every turn, putting what each wrote in `results`: through the ring if there is
     /// one, else (or for what a failing ring left) with one `writev` each.
-    fn write(&mut self, listeners: &Slots, turns: &[(usize, Turn)]) {
+    fn write(&mut self, listeners: &Slots, turns: &[Turn]) {
         let socket = |slot: usize| &listeners.slots[slot].as_ref().expect("a listener").socket;
         self.results.clear();
         #[cfg(target_os = "linux")]
@@ -760,7 +774,7 @@ impl Shard {
             use std::os::fd::AsRawFd;
             let writes = turns
                 .iter()
-                .map(|(slot, turn)| (socket(*slot).as_raw_fd(), turn.slices()));
+                .map(|turn| (socket(turn.slot).as_raw_fd(), turn.slices()));
             if let Err(error) = ring.write_each(writes, &mut self.results) {
                 tracing::error!(
                     "a fan-out thread's io_uring failed ({error}); writing with writev"
@@ -768,9 +782,9 @@ impl Shard {
                 self.ring = None;
             }
         }
-        for (slot, turn) in &turns[self.results.len()..] {
+        for turn in &turns[self.results.len()..] {
             self.results
-                .push(socket(*slot).write_vectored(turn.slices()));
+                .push(socket(turn.slot).write_vectored(turn.slices()));
         }
     }
 
@@ -831,7 +845,10 @@ const MAX_SLICES: usize = MAX_PENDING + 1 + MAX_FRAMES_PER_WRITE;
 
 /// A listener's write in a round: its slices and what each is.
 struct Turn {
-    /// Into `pending`, the round's window and statics (see [`Listener::begin`]).
+    /// The listener's slot.
+    slot: usize,
+    /// Into `pending`, the round's window and statics (see [`Listener::begin`]); only the
+    /// first `count` are in use, and only within the round.
     slices: [IoSlice<'static>; MAX_SLICES],
     pieces: [Piece; MAX_SLICES],
     count: usize,
@@ -841,19 +858,35 @@ struct Turn {
     ends: bool,
 }
 
+impl Default for Turn {
+    fn default() -> Turn {
+        Turn {
+            slot: 0,
+            slices: [IoSlice::new(&[]); MAX_SLICES],
+            pieces: [Piece::End; MAX_SLICES],
+            count: 0,
+            pending: Vec::new(),
+            ends: false,
+        }
+    }
+}
+
 impl Turn {
     fn slices(&self) -> &[IoSlice<'_>] {
         &self.slices[..self.count]
     }
+
+    /// Lets go of what the turn pointed into, for the next round.
+    fn clear(&mut self) {
+        self.count = 0;
+        self.pending.clear();
+    }
 }
 
 /// What a listener's turn in a round comes to.
-#[expect(
-    clippy::large_enum_variant,
-    reason = "moved once per listener and round, where boxing would allocate as often"
-)]
 enum Begin {
-    Write(Turn),
+    /// The turn has slices to write.
+    Write,
     /// Nothing to write now.
     Keep,
     /// Done with: the stream ended or the client went away.
@@ -899,7 +932,13 @@ impl Listener {
 
     /// Begins the listener's turn in a round: what it has not had, to be written by the
     /// shard (and then [`Listener::finish`]ed), or nothing to write.
-    fn begin(&mut self, window: &Window, round: &Round, tally: &mut Tally) -> Begin {
+    fn begin(
+        &mut self,
+        window: &Window,
+        round: &Round,
+        tally: &mut Tally,
+        turn: &mut Turn,
+    ) -> Begin {
         if self.client_readable && !self.read_client() {
             self.end_now(tally);
             return Begin::Done;
@@ -924,13 +963,8 @@ impl Listener {
         let ends = !self.ending
             && (self.remaining_frames == Some(frames) || round.closed && self.next + frames == end);
 
-        let mut turn = Turn {
-            slices: [IoSlice::new(&[]); MAX_SLICES],
-            pieces: [Piece::End; MAX_SLICES],
-            count: 0,
-            pending: std::mem::take(&mut self.pending),
-            ends,
-        };
+        turn.pending = std::mem::take(&mut self.pending);
+        turn.ends = ends;
         let queued = turn
             .pending
             .iter()
@@ -950,7 +984,7 @@ impl Listener {
             turn.count += 1;
         }
         if turn.count > 0 {
-            return Begin::Write(turn);
+            return Begin::Write;
         }
         self.last_progress = round.now;
         if self.ending || ends {
@@ -964,7 +998,7 @@ impl Listener {
     /// is done with: its stream ended, its client went away or it stalled.
     fn finish(
         &mut self,
-        turn: Turn,
+        turn: &Turn,
         written: io::Result<usize>,
         window: &Window,
         round: &Round,
@@ -989,7 +1023,7 @@ impl Listener {
         if written > 0 {
             self.last_progress = round.now;
         }
-        self.settle(written, &turn, window);
+        self.settle(written, turn, window);
         if self.ending && self.pending.is_empty() {
             self.close_gracefully();
             return false;

@@ -1,10 +1,13 @@
 //! A shard's writes for one round handed to the kernel together, through io_uring: a few
 //! `io_uring_enter` calls for all its listeners instead of one `writev` system call each.
 //!
-//! Each write is `RWF_NOWAIT`, so io_uring tries it once, during the submission, and completes
-//! it there with what the socket took, or with `EAGAIN`: no write is left queued in the kernel
-//! (as it would be, waiting for room, without the flag, socket non-blocking or not), and
-//! nothing waits for a listener. Each completion is waited for before the call
+//! Each write is a `sendmsg` with `MSG_DONTWAIT`, so io_uring tries it once, during the
+//! submission, and completes it there with what the socket took, or with `EAGAIN`: no write is
+//! left queued in the kernel (as it would be, waiting for room, without the flag, socket
+//! non-blocking or not), and nothing waits for a listener. (`sendmsg` rather than `writev`: it
+//! goes straight to the socket, without the file-write path's checks and notifications: 11 %
+//! of the fan-out's CPU samples at 1,000 listeners, against 4 % for `sendmsg`'s own.) Each
+//! completion is waited for before the call
 //! returns, so the buffers written from only need to live through it.
 
 use std::io::{self, IoSlice, Read};
@@ -59,28 +62,37 @@ impl Ring {
         if self.failed {
             return Err(io::Error::other("the ring failed before"));
         }
-        let mut writes = writes.into_iter().peekable();
-        while writes.peek().is_some() {
+        let mut writes = writes.into_iter();
+        // The message headers of one submission, made before any is submitted so that the
+        // list never moves under the kernel.
+        let batch = self.ring.params().sq_entries() as usize;
+        let mut messages: Vec<(RawFd, libc::msghdr)> = Vec::with_capacity(batch);
+        loop {
+            messages.clear();
+            for (fd, slices) in writes.by_ref().take(batch) {
+                // SAFETY: msghdr is plain data; all-zero is an empty header, filled in here.
+                let mut message: libc::msghdr = unsafe { std::mem::zeroed() };
+                // IoSlice is ABI-compatible with iovec on Unix; sendmsg only reads them.
+                message.msg_iov = slices.as_ptr().cast_mut().cast();
+                message.msg_iovlen = slices.len();
+                messages.push((fd, message));
+            }
+            if messages.is_empty() {
+                return Ok(());
+            }
             let first = results.len();
             {
                 let mut queue = self.ring.submission();
-                while !queue.is_full() {
-                    let Some((fd, slices)) = writes.next() else {
-                        break;
-                    };
-                    // IoSlice is ABI-compatible with iovec on Unix.
-                    let entry = opcode::Writev::new(
-                        types::Fd(fd),
-                        slices.as_ptr().cast(),
-                        slices.len() as u32,
-                    )
-                    // Without it, a full socket's write would wait in the kernel.
-                    .rw_flags(libc::RWF_NOWAIT)
-                    .build()
-                    .user_data(results.len() as u64);
-                    // SAFETY: the slices are borrowed for this whole call, and every write is
-                    // completed (below) before it returns.
-                    unsafe { queue.push(&entry) }.expect("the queue has room");
+                for (fd, message) in &messages {
+                    // A full socket completes at once with EAGAIN (without DONTWAIT the kernel
+                    // would queue the send and wait for room); a closed one fails, no SIGPIPE.
+                    let entry = opcode::SendMsg::new(types::Fd(*fd), message)
+                        .flags((libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) as u32)
+                        .build()
+                        .user_data(results.len() as u64);
+                    // SAFETY: the slices are borrowed for this whole call, the headers live
+                    // until it returns, and every send is completed (below) before it does.
+                    unsafe { queue.push(&entry) }.expect("a batch fits the queue");
                     results.push(Err(io::Error::from_raw_os_error(libc::ECANCELED)));
                 }
             }
@@ -104,7 +116,6 @@ impl Ring {
                 }
             }
         }
-        Ok(())
     }
 }
 
