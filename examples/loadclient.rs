@@ -19,7 +19,10 @@
 //!   process if, all the same, the run outlives its deadline.
 //! - Latency needs the capture time of a frame, which raw PCM does not carry. A few extra
 //!   listeners (`--latency-listeners`, default 20) read the NDJSON stream of the same source and
-//!   compare each line's `time` with the clock when the line's newline arrives. They connect
+//!   compare each line's `time` with two clocks: when the kernel received the packet that ended
+//!   the line (`receipt_latency_ms`, from `SO_TIMESTAMPNS`: what a listener on another machine
+//!   would see) and when this client read it (`latency_ms`, which adds the client's own wait
+//!   for a core it shares with the server and all the other listeners). They connect
 //!   interleaved with the PCM listeners, so they sit at evenly spread places in the server's
 //!   fan-out order and their latencies sample the whole fan-out, not just its first or last
 //!   listener. They are not counted among the N. For a server without such a stream (Icecast)
