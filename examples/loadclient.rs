@@ -401,19 +401,10 @@ async fn read_stream(
 }
 
 /// Asks the kernel to stamp each received packet with the time it reached this socket
-/// (`SO_TIMESTAMPNS`), which `read_timestamped` returns with the data.
+/// (`SO_TIMESTAMPNS`), which `read_timestamped` returns with the data. Failure leaves reads
+/// without a receipt time.
 fn enable_receive_timestamps(stream: &TcpStream) {
-    let on: libc::c_int = 1;
-    // SAFETY: SO_TIMESTAMPNS reads one c_int. Failure leaves reads without a receipt time.
-    unsafe {
-        libc::setsockopt(
-            stream.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_TIMESTAMPNS,
-            (&raw const on).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        );
-    }
+    set_socket_option(stream, libc::SO_TIMESTAMPNS, 1);
 }
 
 /// Reads like `read`, and also returns when the kernel received the last packet of what was
@@ -811,14 +802,19 @@ fn raise_open_file_limit() -> io::Result<()> {
     Ok(())
 }
 
+/// Failure only leaves the default (a wake-up for every byte).
 fn set_rcvlowat(stream: &TcpStream, bytes: u32) {
-    let value = bytes as libc::c_int;
-    // SAFETY: SO_RCVLOWAT reads one c_int. Failure only leaves the default.
+    set_socket_option(stream, libc::SO_RCVLOWAT, bytes as libc::c_int);
+}
+
+/// Sets a SOL_SOCKET option that takes one c_int; failure is left to the caller's default.
+fn set_socket_option(stream: &TcpStream, option: libc::c_int, value: libc::c_int) {
+    // SAFETY: the option reads one c_int from a valid pointer.
     unsafe {
         libc::setsockopt(
             stream.as_raw_fd(),
             libc::SOL_SOCKET,
-            libc::SO_RCVLOWAT,
+            option,
             (&raw const value).cast(),
             std::mem::size_of::<libc::c_int>() as libc::socklen_t,
         );
