@@ -94,7 +94,7 @@ pub fn request_head(
          Ice-Name: pcmcast\r\nIce-Description: {description}\r\n\
          Ice-Audio-Info: samplerate={rate};channels={channels}\r\n\r\n",
         mount = url.mount(),
-        host = url.authority(),
+        host = url.server().authority(),
         version = env!("CARGO_PKG_VERSION"),
         content_type = format.content_type(),
         rate = stream.rate_hz,
@@ -152,16 +152,15 @@ pub async fn open(url: &IcecastUrl, head: &str) -> Result<TcpStream, PushError> 
 
 /// Connects to the first address of the host that accepts, before `deadline`.
 async fn connect(url: &IcecastUrl, deadline: Instant) -> Result<TcpStream, PushError> {
-    let resolve_error = |source| ConnectError::Resolve {
-        host: url.host().to_owned(),
-        source,
-    };
-    let addrs: Vec<_> =
-        tokio::time::timeout_at(deadline, tokio::net::lookup_host((url.host(), url.port())))
-            .await
-            .map_err(|_| PushError::Timeout(OPEN_TIMEOUT))?
-            .map_err(resolve_error)?
-            .collect();
+    let server = url.server();
+    let addrs: Vec<_> = tokio::time::timeout_at(
+        deadline,
+        tokio::net::lookup_host((server.host(), server.port())),
+    )
+    .await
+    .map_err(|_| PushError::Timeout(OPEN_TIMEOUT))?
+    .map_err(|error| server.unresolved(error))?
+    .collect();
     let mut last_error = io::Error::new(io::ErrorKind::NotFound, "the host has no address");
     for addr in addrs {
         match tokio::time::timeout_at(deadline, TcpStream::connect(addr)).await {
@@ -170,11 +169,7 @@ async fn connect(url: &IcecastUrl, deadline: Instant) -> Result<TcpStream, PushE
             Err(_) => return Err(PushError::Timeout(OPEN_TIMEOUT)),
         }
     }
-    Err(ConnectError::Connect {
-        addr: format!("{}:{}", url.host(), url.port()),
-        source: last_error,
-    }
-    .into())
+    Err(server.unreachable(last_error).into())
 }
 
 /// The first line of the text Icecast sends after a refusal (e.g. "Mountpoint in use"), if

@@ -13,11 +13,7 @@ use crate::net::url;
 
 #[derive(Clone, PartialEq, Eq)]
 pub struct IcecastUrl {
-    /// `host[:port]` as written, for the `Host` header and for display.
-    authority: String,
-    /// The host to resolve, without the brackets of an IPv6 literal.
-    host: String,
-    port: u16,
+    server: url::Server,
     mount: String,
     user: String,
     password: String,
@@ -74,7 +70,7 @@ impl FromStr for IcecastUrl {
         if password.is_empty() {
             return Err(UrlError::NoPassword);
         }
-        let (host, port) = url::split_host_port(url.authority)?;
+        let server = url::Server::parse(url.authority)?;
         let mount = url.rest;
         if mount.contains(['?', '#']) {
             return Err(UrlError::Query);
@@ -83,9 +79,7 @@ impl FromStr for IcecastUrl {
             return Err(UrlError::NoMount);
         }
         Ok(IcecastUrl {
-            authority: url.authority.to_owned(),
-            host: host.to_owned(),
-            port,
+            server,
             mount: mount.to_owned(),
             user: if user.is_empty() {
                 DEFAULT_USER.to_owned()
@@ -116,16 +110,8 @@ fn percent_decode(text: &str) -> Result<String, UrlError> {
 }
 
 impl IcecastUrl {
-    pub fn host(&self) -> &str {
-        &self.host
-    }
-
-    pub fn port(&self) -> u16 {
-        self.port
-    }
-
-    pub fn authority(&self) -> &str {
-        &self.authority
+    pub fn server(&self) -> &url::Server {
+        &self.server
     }
 
     /// The mount path, e.g. `/live.opus`.
@@ -149,7 +135,7 @@ impl IcecastUrl {
 /// The URL without its user information, which carries the password.
 impl fmt::Display for IcecastUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "http://{}{}", self.authority, self.mount)
+        write!(f, "http://{}{}", self.server.authority(), self.mount)
     }
 }
 
@@ -171,9 +157,12 @@ mod tests {
     #[test]
     fn a_full_url_keeps_its_parts_and_hides_the_password() {
         let url = parse("http://source:s3cret@10.0.0.2:8000/live.opus");
-        assert_eq!((url.host(), url.port()), ("10.0.0.2", 8000));
         assert_eq!(
-            (url.authority(), url.mount()),
+            (url.server().host(), url.server().port()),
+            ("10.0.0.2", 8000)
+        );
+        assert_eq!(
+            (url.server().authority(), url.mount()),
             ("10.0.0.2:8000", "/live.opus")
         );
         assert_eq!(url.credentials(), "source:s3cret");
@@ -186,11 +175,11 @@ mod tests {
     fn the_user_defaults_to_source_and_the_port_to_80() {
         let url = parse("http://:pw@icecast.lan/radio");
         assert_eq!(url.credentials(), "source:pw");
-        assert_eq!(url.port(), 80);
+        assert_eq!(url.server().port(), 80);
         assert_eq!(url.extension(), None);
         let url = parse("http://dj:p%40ss@w0rd@[::1]:8001/a.b/live.FLAC");
         assert_eq!(url.credentials(), "dj:p@ss@w0rd");
-        assert_eq!((url.host(), url.port()), ("::1", 8001));
+        assert_eq!((url.server().host(), url.server().port()), ("::1", 8001));
         assert_eq!(url.extension().as_deref(), Some("flac"));
     }
 

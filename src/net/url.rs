@@ -1,8 +1,10 @@
 //! The `http://` URLs pcmcast connects to (`--relay`, `--icecast`): checked by hand, plain
 //! `http://` only, the port 80 unless given. [`split`] checks what every such URL must be and
-//! cuts it into user information, authority and the rest; [`split_host_port`] reads the
+//! cuts it into user information, authority and the rest; [`Server::parse`] reads the
 //! authority. Each caller checks its own parts on top, and words the refusals for its option
 //! ([`Wording`]).
+
+use super::ConnectError;
 
 /// Why a URL is not a plain `http://` URL with a host and a port.
 #[derive(Debug, PartialEq, Eq)]
@@ -84,9 +86,59 @@ pub fn split(text: &str) -> Result<HttpUrl<'_>, UrlError> {
     })
 }
 
+/// The server a URL names.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Server {
+    /// `host[:port]` as written, for the `Host` header and for display.
+    authority: String,
+    /// The host to resolve, without the brackets of an IPv6 literal.
+    host: String,
+    port: u16,
+}
+
+impl Server {
+    /// Reads an authority without user information (see [`split_host_port`]).
+    pub fn parse(authority: &str) -> Result<Server, UrlError> {
+        let (host, port) = split_host_port(authority)?;
+        Ok(Server {
+            authority: authority.to_owned(),
+            host: host.to_owned(),
+            port,
+        })
+    }
+
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn authority(&self) -> &str {
+        &self.authority
+    }
+
+    /// The host's addresses could not be looked up.
+    pub fn unresolved(&self, source: std::io::Error) -> ConnectError {
+        ConnectError::Resolve {
+            host: self.host.clone(),
+            source,
+        }
+    }
+
+    /// No address of the host took the connection; `source` is the last refusal.
+    pub fn unreachable(&self, source: std::io::Error) -> ConnectError {
+        ConnectError::Connect {
+            addr: format!("{}:{}", self.host, self.port),
+            source,
+        }
+    }
+}
+
 /// `host`, `host:port`, `[v6]` or `[v6]:port`: the host to resolve (without the brackets of an
 /// IPv6 literal) and the port.
-pub fn split_host_port(authority: &str) -> Result<(&str, u16), UrlError> {
+fn split_host_port(authority: &str) -> Result<(&str, u16), UrlError> {
     let (host, port) = match authority.strip_prefix('[') {
         Some(bracketed) => {
             let (host, after) = bracketed.split_once(']').ok_or(UrlError::NoHost)?;

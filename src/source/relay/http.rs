@@ -111,7 +111,7 @@ pub fn get(url: &RelayUrl, timeout: Duration) -> Result<Response, HttpError> {
         "GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: pcmcast/{} (relay)\r\nAccept: */*\r\n\
          Connection: close\r\n\r\n",
         url.target(),
-        url.authority(),
+        url.server().authority(),
         env!("CARGO_PKG_VERSION"),
     );
     stream
@@ -136,13 +136,10 @@ pub fn get(url: &RelayUrl, timeout: Duration) -> Result<Response, HttpError> {
 
 /// Connects to the first address of the host that accepts, before `deadline`.
 fn connect(url: &RelayUrl, deadline: Instant) -> Result<TcpStream, HttpError> {
-    let resolve_error = |source| ConnectError::Resolve {
-        host: url.host().to_owned(),
-        source,
-    };
-    let addrs: Vec<SocketAddr> = (url.host(), url.port())
+    let server = url.server();
+    let addrs: Vec<SocketAddr> = (server.host(), server.port())
         .to_socket_addrs()
-        .map_err(resolve_error)?
+        .map_err(|error| server.unresolved(error))?
         .collect();
     let mut last_error = io::Error::new(io::ErrorKind::NotFound, "the host has no address");
     for addr in &addrs {
@@ -155,11 +152,7 @@ fn connect(url: &RelayUrl, deadline: Instant) -> Result<TcpStream, HttpError> {
             Err(error) => last_error = error,
         }
     }
-    Err(ConnectError::Connect {
-        addr: format!("{}:{}", url.host(), url.port()),
-        source: last_error,
-    }
-    .into())
+    Err(server.unreachable(last_error).into())
 }
 
 /// Reads up to the end of the head; returns the head and the body bytes read past it.

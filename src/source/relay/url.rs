@@ -11,11 +11,7 @@ use crate::net::url;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RelayUrl {
-    /// `host[:port]` as written, for the `Host` header and for display.
-    authority: String,
-    /// The host to resolve, without the brackets of an IPv6 literal.
-    host: String,
-    port: u16,
+    server: url::Server,
     path: String,
     /// The query as sent (never empty: it names the format at least).
     query: String,
@@ -47,7 +43,7 @@ impl FromStr for RelayUrl {
         if url.userinfo.is_some() {
             return Err(UrlError::Credentials);
         }
-        let (host, port) = url::split_host_port(url.authority).map_err(UrlError::Http)?;
+        let server = url::Server::parse(url.authority).map_err(UrlError::Http)?;
         let path_and_query = url
             .rest
             .split_once('#')
@@ -56,9 +52,7 @@ impl FromStr for RelayUrl {
             .split_once('?')
             .unwrap_or((path_and_query, ""));
         Ok(RelayUrl {
-            authority: url.authority.to_owned(),
-            host: host.to_owned(),
-            port,
+            server,
             path: if path.is_empty() { DEFAULT_PATH } else { path }.to_owned(),
             query: with_format(query),
         })
@@ -76,16 +70,8 @@ fn with_format(query: &str) -> String {
 }
 
 impl RelayUrl {
-    pub fn host(&self) -> &str {
-        &self.host
-    }
-
-    pub fn port(&self) -> u16 {
-        self.port
-    }
-
-    pub fn authority(&self) -> &str {
-        &self.authority
+    pub fn server(&self) -> &url::Server {
+        &self.server
     }
 
     /// The request target: path and query.
@@ -97,7 +83,7 @@ impl RelayUrl {
 /// The URL without its query, which may carry the upstream's token.
 impl fmt::Display for RelayUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "http://{}{}", self.authority, self.path)
+        write!(f, "http://{}{}", self.server.authority(), self.path)
     }
 }
 
@@ -113,8 +99,11 @@ mod tests {
     #[test]
     fn a_full_url_keeps_its_parts_and_gains_the_format() {
         let url = parse("http://10.0.0.2:8001/stream.pcm?token=abc");
-        assert_eq!((url.host(), url.port()), ("10.0.0.2", 8001));
-        assert_eq!(url.authority(), "10.0.0.2:8001");
+        assert_eq!(
+            (url.server().host(), url.server().port()),
+            ("10.0.0.2", 8001)
+        );
+        assert_eq!(url.server().authority(), "10.0.0.2:8001");
         assert_eq!(url.target(), "/stream.pcm?token=abc&format=f32le");
         assert_eq!(url.to_string(), "http://10.0.0.2:8001/stream.pcm");
     }
@@ -122,7 +111,10 @@ mod tests {
     #[test]
     fn defaults_fill_in_the_path_the_port_and_the_format() {
         let url = parse("HTTP://hub.local");
-        assert_eq!((url.host(), url.port()), ("hub.local", 80));
+        assert_eq!(
+            (url.server().host(), url.server().port()),
+            ("hub.local", 80)
+        );
         assert_eq!(url.target(), "/stream.pcm?format=f32le");
         assert_eq!(
             parse("http://hub:8000?token=t").target(),
@@ -143,9 +135,9 @@ mod tests {
     #[test]
     fn ipv6_literals_lose_their_brackets_for_resolving_only() {
         let url = parse("http://[::1]:9000/stream.pcm");
-        assert_eq!((url.host(), url.port()), ("::1", 9000));
-        assert_eq!(url.authority(), "[::1]:9000");
-        assert_eq!(parse("http://[fe80::1]").port(), 80);
+        assert_eq!((url.server().host(), url.server().port()), ("::1", 9000));
+        assert_eq!(url.server().authority(), "[::1]:9000");
+        assert_eq!(parse("http://[fe80::1]").server().port(), 80);
     }
 
     #[test]
