@@ -204,7 +204,8 @@ pub struct ServeArgs {
     ///
     /// The mount's extension picks the encoding unless --icecast-format does: .opus, .ogg and
     /// .oga push Ogg/Opus (96 kbit/s), .wav WAV, any other raw s16le PCM (.flac is refused:
-    /// Icecast needs FLAC in Ogg). /status and /metrics show the push's state. Percent-encode any of / ? # in the password.
+    /// Icecast needs FLAC in Ogg). /status and /metrics show the push's state. Percent-encode
+    /// any of / ? # in the password.
     #[arg(
         long,
         value_name = "URL",

@@ -329,6 +329,8 @@ impl Drop for Membership {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::Ordering::Relaxed;
+
     use super::*;
     use crate::frame::StreamFormat;
     use tokio_stream::StreamExt;
@@ -360,17 +362,8 @@ mod tests {
         drop(a);
         assert!(hub.subscribe(Endpoint::Ndjson).is_ok());
         let wav = stats.endpoint(Endpoint::Wav);
-        assert_eq!(
-            wav.listeners_total
-                .load(std::sync::atomic::Ordering::Relaxed),
-            1
-        );
-        assert_eq!(
-            stats
-                .listeners_total
-                .load(std::sync::atomic::Ordering::Relaxed),
-            3
-        );
+        assert_eq!(wav.listeners_total.load(Relaxed), 1);
+        assert_eq!(stats.listeners_total.load(Relaxed), 3);
     }
 
     fn frame(seq: u64) -> Frame {
@@ -387,12 +380,7 @@ mod tests {
         let (publisher, hub) = hub(limits(8, 0), stats.clone());
         let mut a = hub.subscribe(Endpoint::Pcm).unwrap();
         let mut b = hub.subscribe(Endpoint::Pcm).unwrap();
-        assert_eq!(
-            stats
-                .listeners_current
-                .load(std::sync::atomic::Ordering::Relaxed),
-            2
-        );
+        assert_eq!(stats.listeners_current.load(Relaxed), 2);
         for seq in 0..5 {
             publisher.publish(frame(seq));
         }
@@ -407,12 +395,7 @@ mod tests {
             "closed hub refuses listeners"
         );
         drop((a, b));
-        assert_eq!(
-            stats
-                .listeners_current
-                .load(std::sync::atomic::Ordering::Relaxed),
-            0
-        );
+        assert_eq!(stats.listeners_current.load(Relaxed), 0);
     }
 
     #[tokio::test]
@@ -429,12 +412,7 @@ mod tests {
         assert_eq!(first.skipped, 40 - backlog as u64);
         let second = slow.next().await.unwrap();
         assert_eq!((second.frame.seq, second.skipped), (first.frame.seq + 1, 0));
-        assert_eq!(
-            stats
-                .frames_skipped
-                .load(std::sync::atomic::Ordering::Relaxed),
-            40 - backlog as u64
-        );
+        assert_eq!(stats.frames_skipped.load(Relaxed), 40 - backlog as u64);
     }
 
     #[tokio::test]
@@ -449,12 +427,7 @@ mod tests {
         );
         let _listener = hub.subscribe(Endpoint::Pcm).unwrap();
         let tap = hub.tap().expect("a tap is not refused by max_listeners");
-        assert_eq!(
-            stats
-                .listeners_total
-                .load(std::sync::atomic::Ordering::Relaxed),
-            1
-        );
+        assert_eq!(stats.listeners_total.load(Relaxed), 1);
         for seq in 0..20 {
             publisher.publish(frame(seq));
         }
@@ -463,19 +436,12 @@ mod tests {
         assert_eq!(deliveries[0], (12, 12), "skipped forward to the backlog");
         assert_eq!(deliveries.len(), 8);
         assert_eq!(
-            stats
-                .frames_skipped
-                .load(std::sync::atomic::Ordering::Relaxed),
+            stats.frames_skipped.load(Relaxed),
             0,
             "not counted with the listeners' skips"
         );
         assert!(hub.tap().is_err(), "a closed hub refuses taps too");
-        assert_eq!(
-            stats
-                .listeners_current
-                .load(std::sync::atomic::Ordering::Relaxed),
-            1
-        );
+        assert_eq!(stats.listeners_current.load(Relaxed), 1);
     }
 
     #[tokio::test]
