@@ -23,12 +23,12 @@ impl Predictor {
 
 /// The predictor for `samples` (of `bits_per_sample`), if prediction can help: `None` for a
 /// block shorter than the order or without energy.
-pub fn predictor(samples: &[i32], bits_per_sample: u32) -> Option<Predictor> {
+pub fn predictor(samples: &[i32], bits_per_sample: u32, window: &mut Window) -> Option<Predictor> {
     let max_order = MAX_ORDER.min(samples.len().saturating_sub(1));
     if max_order == 0 {
         return None;
     }
-    let autocorrelation = autocorrelation(samples, max_order);
+    let autocorrelation = window.autocorrelation(samples, max_order);
     if autocorrelation[0] <= 0.0 {
         return None;
     }
@@ -70,33 +70,50 @@ pub fn residual(samples: &[i32], predictor: &Predictor, residual: &mut Vec<i32>)
     true
 }
 
-/// Autocorrelation of `samples` under a Tukey(0.5) window, lags 0 to `max_lag`.
-fn autocorrelation(samples: &[i32], max_lag: usize) -> Vec<f64> {
-    let n = samples.len();
-    // The window's cosine tapers cover a quarter of the block at each end.
-    let taper = (n / 4).max(1);
-    let windowed: Vec<f64> = samples
-        .iter()
-        .enumerate()
-        .map(|(i, &s)| {
-            let from_edge = i.min(n - 1 - i);
-            let weight = if from_edge < taper {
-                0.5 - 0.5 * (std::f64::consts::PI * from_edge as f64 / taper as f64).cos()
-            } else {
-                1.0
-            };
-            f64::from(s) * weight
-        })
-        .collect();
-    (0..=max_lag)
-        .map(|lag| {
-            windowed[lag..]
+/// The Tukey(0.5) window the autocorrelation is taken under, kept for the block length it was
+/// last computed for (every block but a stream's last has the same), and its scratch.
+#[derive(Default)]
+pub struct Window {
+    weights: Vec<f64>,
+    windowed: Vec<f64>,
+}
+
+impl Window {
+    /// Autocorrelation of `samples` under the window, lags 0 to `max_lag`.
+    fn autocorrelation(&mut self, samples: &[i32], max_lag: usize) -> Vec<f64> {
+        let n = samples.len();
+        if self.weights.len() != n {
+            // The window's cosine tapers cover a quarter of the block at each end.
+            let taper = (n / 4).max(1);
+            self.weights = (0..n)
+                .map(|i| {
+                    let from_edge = i.min(n - 1 - i);
+                    if from_edge < taper {
+                        0.5 - 0.5 * (std::f64::consts::PI * from_edge as f64 / taper as f64).cos()
+                    } else {
+                        1.0
+                    }
+                })
+                .collect();
+        }
+        self.windowed.clear();
+        self.windowed.extend(
+            samples
                 .iter()
-                .zip(&windowed)
-                .map(|(a, b)| a * b)
-                .sum()
-        })
-        .collect()
+                .zip(&self.weights)
+                .map(|(&s, &weight)| f64::from(s) * weight),
+        );
+        let windowed = &self.windowed;
+        (0..=max_lag)
+            .map(|lag| {
+                windowed[lag..]
+                    .iter()
+                    .zip(windowed)
+                    .map(|(a, b)| a * b)
+                    .sum()
+            })
+            .collect()
+    }
 }
 
 /// The predictors of orders 1 to `autocorrelation.len() - 1` (each `a` with
@@ -190,7 +207,7 @@ mod tests {
         let sine: Vec<i32> = (0..1024)
             .map(|i| ((i as f64 * 0.07).sin() * 4_000_000.0).round() as i32)
             .collect();
-        let predictor = predictor(&sine, 24).expect("a predictor");
+        let predictor = predictor(&sine, 24, &mut Window::default()).expect("a predictor");
         assert!(predictor.order() >= 2, "{predictor:?}");
         let mut r = Vec::new();
         assert!(residual(&sine, &predictor, &mut r));

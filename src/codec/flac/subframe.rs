@@ -45,6 +45,7 @@ struct Rice {
 pub struct Subframes {
     shifted: Vec<i32>,
     residual: Vec<i32>,
+    window: lpc::Window,
 }
 
 impl Subframes {
@@ -76,7 +77,7 @@ impl Subframes {
                 let warm_up_bits = order as u64 * u64::from(bits_per_sample);
                 (Kind::Fixed { order, rice }, warm_up_bits + rice_bits)
             });
-        let linear = lpc::predictor(&self.shifted, bits_per_sample)
+        let linear = lpc::predictor(&self.shifted, bits_per_sample, &mut self.window)
             .filter(|predictor| lpc::residual(&self.shifted, predictor, &mut self.residual))
             .map(|predictor| {
                 let order = predictor.order();
