@@ -36,7 +36,7 @@ use std::collections::VecDeque;
 use std::io::{self, IoSlice, Read, Write};
 use std::net::Shutdown;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -49,6 +49,7 @@ use tokio::sync::Notify;
 use crate::encode::{self, PcmFormat};
 use crate::frame::Frame;
 use crate::hub::Membership;
+use crate::lock;
 use crate::stats::{Endpoint, Stats};
 
 #[cfg(target_os = "linux")]
@@ -482,13 +483,6 @@ impl Bell {
     }
 
     fn ring(&self) {}
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    // The locks guard plain data that no panic can leave half-updated.
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// The last frames a shard has, by index (the count of frames published before each).

@@ -20,6 +20,7 @@ use tokio_util::sync::ReusableBoxFuture;
 
 use crate::fanout::Fanout;
 use crate::frame::Frame;
+use crate::lock;
 use crate::stats::{Endpoint, SourceState, Stats};
 
 struct Shared {
@@ -136,13 +137,6 @@ impl Drop for Publisher {
             fanout.close();
         }
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // The lock guards plain data that no panic can leave half-updated.
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl Hub {

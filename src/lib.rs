@@ -271,3 +271,11 @@ impl Pcmcast {
         result.map_err(|join_error| Error::Serve(std::io::Error::other(join_error)))
     }
 }
+
+/// Locks `mutex` whether or not a thread panicked while holding it: pcmcast's locks guard plain
+/// data that no panic can leave half-updated.
+pub(crate) fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}

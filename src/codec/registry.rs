@@ -35,6 +35,7 @@ use tokio_util::task::TaskTracker;
 use super::{Codec, CodecError, Page, StreamEncoder};
 use crate::frame::StreamFormat;
 use crate::hub::{Hub, SubscribeError, Subscription};
+use crate::lock;
 use crate::stats::Stats;
 
 /// How long a stream whose encoder failed answers 503 before a listener may start a new one.
@@ -183,7 +184,7 @@ impl Encoders {
             Ok(encoder) => encoder,
             Err(CodecError::Unsupported(reason)) => return Err(OpenError::Unsupported(reason)),
             Err(error) => {
-                let message = error_chain(&error);
+                let message = format!("{:#}", anyhow::Error::new(error));
                 inner.fault(codec, slot, message.clone());
                 return Err(OpenError::Faulted {
                     message,
@@ -287,7 +288,7 @@ impl Task {
         }));
         let failure = match outcome {
             Ok(Ok(())) => None,
-            Ok(Err(error)) => Some(error_chain(&error)),
+            Ok(Err(error)) => Some(format!("{:#}", anyhow::Error::new(error))),
             Err(payload) => Some(panic_message(payload.as_ref())),
         };
         // Recorded before the sender drops, so that a listener whose stream ends because of
@@ -372,18 +373,6 @@ fn thread_cpu_ns() -> u64 {
     0
 }
 
-/// An error and its sources, `: `-separated.
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut message = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        message.push_str(": ");
-        message.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    message
-}
-
 fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     let text = payload
         .downcast_ref::<&str>()
@@ -391,11 +380,4 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
         .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
         .unwrap_or("(no message)");
     format!("the encoder panicked: {text}")
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // The lock guards plain data that no panic can leave half-updated.
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }

@@ -128,10 +128,10 @@ fn render(state: &AppState, up: bool) -> String {
                 "Times an encoder of a compressed stream endpoint failed (its listeners were \
                  disconnected).",
             )
-            .samples(&|e| real(&endpoint(e).encoder_faults).into()),
+            .samples(&|e| count(&endpoint(e).encoder_faults)),
         Family::counter("pcmcast_pages_skipped_total")
             .help("Pages of a compressed stream that listeners missed because they fell behind.")
-            .samples(&|e| real(&endpoint(e).pages_skipped).into()),
+            .samples(&|e| count(&endpoint(e).pages_skipped)),
     ]);
 
     let level = stats.last_level();

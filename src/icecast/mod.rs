@@ -27,8 +27,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::frame::StreamFormat;
 use crate::hub::Hub;
+use crate::lock;
 use crate::source::backoff::Backoff;
-use client::{End, PushError};
+use client::End;
 pub use format::{FormatError, PushEncoder, PushFormat};
 pub use url::{IcecastUrl, UrlError};
 
@@ -147,13 +148,6 @@ impl PushStatus {
     }
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // The lock guards a plain value that no panic can leave half-updated.
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
 /// What is pushed: the hub's frames in this format, described to Icecast as this.
 pub struct PushStream {
     pub hub: Hub,
@@ -230,7 +224,7 @@ pub async fn push(
             }
         };
         let delay = backoff.next_delay();
-        let error = cause_chain(&error);
+        let error = format!("{:#}", anyhow::Error::new(error));
         tracing::warn!(icecast = %url, "Icecast push failed: {error}; retrying in {delay:?}");
         status.failed(error);
         tokio::select! {
@@ -239,18 +233,6 @@ pub async fn push(
         }
     }
     status.set_state(PushState::Stopped);
-}
-
-/// The error and its sources, `: `-separated, on one line.
-fn cause_chain(error: &PushError) -> String {
-    let mut text = error.to_string();
-    let mut source = std::error::Error::source(error);
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]
