@@ -214,6 +214,15 @@ pub struct ServeArgs {
     )]
     pub icecast: Option<String>,
 
+    /// Keep the audio path (source, framer, fan-out threads) at normal priority
+    ///
+    /// By default these threads run real-time (SCHED_FIFO) where the system permits it (root,
+    /// CAP_SYS_NICE or an RLIMIT_RTPRIO), so that other work on the machine cannot delay a
+    /// frame; a fan-out thread busy more than half of the time gives it up until it is light
+    /// again. /status shows how many threads run real-time.
+    #[arg(long, env = "PCMCAST_NO_REALTIME")]
+    pub no_realtime: bool,
+
     /// The encoding pushed to --icecast [default: from the mount's extension]
     #[arg(
         long,
@@ -236,6 +245,8 @@ pub struct Settings {
     pub access: Access,
     /// Where to push the stream as an Icecast source, if anywhere.
     pub icecast: Option<IcecastSettings>,
+    /// Run the audio path's threads real-time where permitted.
+    pub realtime: bool,
 }
 
 /// Who may use the stream and API endpoints.
@@ -337,6 +348,7 @@ impl TryFrom<ServeArgs> for Settings {
                 cors_origin: args.cors_origin,
             },
             icecast,
+            realtime: !args.no_realtime,
         })
     }
 }

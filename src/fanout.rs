@@ -50,6 +50,7 @@ use crate::encode::{self, PcmFormat};
 use crate::frame::Frame;
 use crate::hub::Membership;
 use crate::lock;
+use crate::realtime::{self, Duty, Realtime, Role};
 use crate::stats::{Endpoint, Stats};
 
 #[cfg(target_os = "linux")]
@@ -171,9 +172,10 @@ struct Inbox {
 }
 
 impl Fanout {
-    /// Starts one shard thread per core (at most 8).
-    pub fn start(limits: FanoutLimits, stats: Arc<Stats>) -> io::Result<Fanout> {
-        Fanout::start_writing(limits, stats, true)
+    /// Starts one shard thread per core (at most 8), real-time if `realtime` asks for it and
+    /// the system permits it.
+    pub fn start(limits: FanoutLimits, stats: Arc<Stats>, realtime: bool) -> io::Result<Fanout> {
+        Fanout::start_writing(limits, stats, true, realtime)
     }
 
     /// Starts the shards, which write through io_uring where it is available and `io_uring`
@@ -182,6 +184,7 @@ impl Fanout {
         limits: FanoutLimits,
         stats: Arc<Stats>,
         io_uring: bool,
+        realtime: bool,
     ) -> io::Result<Fanout> {
         let count = thread::available_parallelism().map_or(1, |n| n.get().min(8));
         let cores = cores_for(count);
@@ -213,6 +216,7 @@ impl Fanout {
                 ring: io_uring.then(|| ring(index)).flatten(),
                 turns: Vec::new(),
                 results: Vec::new(),
+                realtime,
             };
             let core = cores.get(index).copied();
             let handle = thread::Builder::new()
@@ -576,6 +580,8 @@ struct Shard {
     /// The round's writes and what each wrote (kept for their capacity).
     turns: Vec<Turn>,
     results: Vec<io::Result<usize>>,
+    /// Run real-time where permitted.
+    realtime: bool,
 }
 
 /// What the round found about the shard's listeners.
@@ -635,6 +641,9 @@ impl Shard {
         let mut joining = Vec::new();
         let mut tally = Tally::default();
         let stall_limit = stall_limit(&self.limits);
+        let mut realtime = Realtime::enter_if(self.realtime, Role::Fanout, &self.stats);
+        // Only a shard that was let be real-time keeps count of how busy it is.
+        let mut duty = realtime.is_some().then(Duty::start);
         loop {
             let (closed, stopped) = {
                 let mut inbox = lock(&self.shared.inbox);
@@ -692,6 +701,9 @@ impl Shard {
                 .iter()
                 .any(Listener::has_unsent)
                 .then_some(self.limits.frame_period);
+            if let Some(duty) = &mut duty {
+                self.keep_light(duty, &mut realtime);
+            }
             if let Err(error) = self.poll.poll(&mut events, timeout)
                 && error.kind() != io::ErrorKind::Interrupted
             {
@@ -703,6 +715,30 @@ impl Shard {
                     listener.client_readable = true;
                 }
             }
+        }
+    }
+
+    /// Gives real-time up while the shard takes more than half of a core, and takes it back
+    /// once it is light again: serving many listeners must not starve the rest of the server.
+    fn keep_light(&self, duty: &mut Duty, realtime: &mut Option<Realtime>) {
+        match duty.check(realtime.is_some()) {
+            Some((false, busy)) => {
+                *realtime = None;
+                tracing::warn!(
+                    "a fan-out thread was busy {:.0} % of the last second: it leaves real-time \
+                     scheduling until it is under {:.0} %",
+                    busy * 100.0,
+                    realtime::LIGHT * 100.0
+                );
+            }
+            Some((true, busy)) => {
+                *realtime = Realtime::enter(Role::Fanout, &self.stats);
+                tracing::info!(
+                    "a fan-out thread was busy {:.0} % of the last second: back to real-time",
+                    busy * 100.0
+                );
+            }
+            None => {}
         }
     }
 
@@ -1205,7 +1241,7 @@ mod tests {
             burst_frames: 0,
             frame_period,
         };
-        let fanout = Fanout::start_writing(limits, stats.clone(), io_uring).unwrap();
+        let fanout = Fanout::start_writing(limits, stats.clone(), io_uring, false).unwrap();
         let (publisher, hub) = hub::hub(
             HubLimits {
                 backlog_frames,

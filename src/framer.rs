@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::frame::{Frame, StreamFormat};
 use crate::hub::Publisher;
+use crate::realtime::{Realtime, Role};
 use crate::stats::{SourceState, Stats};
 
 pub struct Framer {
@@ -128,6 +129,7 @@ const IDLE_WAIT: Duration = Duration::from_millis(20);
 /// Starts the framer thread. It runs until the source drops its ring writer (then it drains
 /// the ring, publishes the short last frame, drops the publisher, which ends every listener's
 /// stream once it has the retained frames, and cancels `source_ended`) or until `cancel` fires.
+/// It runs real-time if `realtime` asks for it and the system permits it.
 pub fn spawn(
     mut consumer: HeapCons<f32>,
     mut framer: Framer,
@@ -135,10 +137,12 @@ pub fn spawn(
     stats: Arc<Stats>,
     cancel: CancellationToken,
     source_ended: CancellationToken,
+    realtime: bool,
 ) -> std::io::Result<JoinHandle<()>> {
     thread::Builder::new()
         .name("pcmcast-framer".into())
         .spawn(move || {
+            let _realtime = Realtime::enter_if(realtime, Role::Framer, &stats);
             let mut scratch = vec![0.0f32; consumer.capacity().get()];
             loop {
                 // Read before draining: once the writer is gone, whatever is left is the end.

@@ -42,6 +42,7 @@ pub mod hub;
 pub mod icecast;
 pub mod memory;
 pub mod net;
+pub mod realtime;
 pub mod ring;
 pub mod server;
 pub mod source;
@@ -133,6 +134,7 @@ impl Pcmcast {
                 ),
             },
             stats.clone(),
+            settings.realtime,
         )
         .map_err(Error::FanoutThreads)?;
         let publisher = publisher.with_fanout(fanout.clone());
@@ -151,6 +153,7 @@ impl Pcmcast {
             stats.clone(),
             stop.clone(),
             source_ended.clone(),
+            settings.realtime,
         )
         .map_err(Error::FramerThread)?;
         let writer = writer_parts.into_writer(framer_thread.thread().clone(), stats.clone());
@@ -160,6 +163,7 @@ impl Pcmcast {
             settings.frame_size_samples,
             stats.clone(),
             stop.clone(),
+            settings.realtime,
         )?;
         tracing::info!(source = info.kind, name = %info.name, rate_hz = format.rate_hz,
             channels = format.channels, frame_size = settings.frame_size_samples, "source started");

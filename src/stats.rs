@@ -124,6 +124,8 @@ pub struct Stats {
     pub listeners_total: AtomicU64,
     /// Listeners dropped because their connection took nothing for as long as the backlog.
     pub listeners_dropped: AtomicU64,
+    /// Threads of the audio path running real-time now ([`crate::realtime`]).
+    pub realtime_threads: AtomicU64,
     endpoints: [EndpointStats; Endpoint::ALL.len()],
     source_state: AtomicU8,
     /// Nanoseconds after `started` at which the last frame was published, or `NEVER`.
@@ -143,6 +145,7 @@ impl Default for Stats {
             listeners_peak: AtomicU64::new(0),
             listeners_total: AtomicU64::new(0),
             listeners_dropped: AtomicU64::new(0),
+            realtime_threads: AtomicU64::new(0),
             endpoints: Default::default(),
             source_state: AtomicU8::new(SourceState::Starting as u8),
             last_frame_ns: AtomicU64::new(NEVER),

@@ -21,13 +21,14 @@ const ENDPOINTS: [&str; 7] = ["pcm", "wav", "ndjson", "events", "ws", "opus", "f
 const STATES: [&str; 5] = ["starting", "running", "ended", "stopped", "reconnecting"];
 
 /// Every metric family the contract asks for, with its type.
-const FAMILIES: [(&str, &str); 23] = [
+const FAMILIES: [(&str, &str); 24] = [
     ("pcmcast_source_info", "gauge"),
     ("pcmcast_source_state", "gauge"),
     ("pcmcast_source_up", "gauge"),
     ("pcmcast_frames_produced_total", "counter"),
     ("pcmcast_samples_dropped_total", "counter"),
     ("pcmcast_frames_skipped_total", "counter"),
+    ("pcmcast_realtime_threads", "gauge"),
     ("pcmcast_listeners_dropped_total", "counter"),
     ("pcmcast_backlog_frames", "gauge"),
     ("pcmcast_listeners_current", "gauge"),

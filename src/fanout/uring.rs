@@ -1,14 +1,15 @@
 //! A shard's writes for one round handed to the kernel together, through io_uring: a few
 //! `io_uring_enter` calls for all its listeners instead of one `writev` system call each.
 //!
-//! Each write is a `sendmsg` with `MSG_DONTWAIT`, so io_uring tries it once, during the
-//! submission, and completes it there with what the socket took, or with `EAGAIN`: no write is
-//! left queued in the kernel (as it would be, waiting for room, without the flag, socket
-//! non-blocking or not), and nothing waits for a listener. (`sendmsg` rather than `writev`: it
-//! goes straight to the socket, without the file-write path's checks and notifications: 11 %
-//! of the fan-out's CPU samples at 1,000 listeners, against 4 % for `sendmsg`'s own.) Each
-//! completion is waited for before the call
-//! returns, so the buffers written from only need to live through it.
+//! Each write is a `send` (one slice, as a live listener's write of one frame is) or a
+//! `sendmsg` (several) with `MSG_DONTWAIT`, so io_uring tries it once, during the submission,
+//! and completes it there with what the socket took, or with `EAGAIN`: no write is left queued
+//! in the kernel (as it would be, waiting for room, without the flag, socket non-blocking or
+//! not), and nothing waits for a listener. (Socket sends rather than `writev`: they go straight
+//! to the socket, without the file-write path's checks and notifications: 11 % of the
+//! fan-out's CPU samples at 1,000 listeners, against 4 % for `sendmsg`'s own; `send` also
+//! skips copying in a message header and its vector.) Each completion is waited for before
+//! the call returns, so the buffers written from only need to live through it.
 
 use std::io::{self, IoSlice, Read};
 use std::os::fd::{AsRawFd, RawFd};
@@ -16,8 +17,10 @@ use std::os::unix::net::UnixStream;
 
 use io_uring::{IoUring, opcode, types};
 
-/// Writes per submission (the submission queue's size).
-const ENTRIES: u32 = 512;
+/// Writes per submission (the submission queue's size): a shard's whole round up to this
+/// many listeners. A round split over several submissions gives the scheduler a point between
+/// them to run something else while the rest of the shard's listeners wait.
+const ENTRIES: u32 = 2048;
 
 pub struct Ring {
     ring: IoUring,
@@ -63,33 +66,48 @@ impl Ring {
             return Err(io::Error::other("the ring failed before"));
         }
         let mut writes = writes.into_iter();
-        // The message headers of one submission, made before any is submitted so that the
-        // list never moves under the kernel.
+        // The writes of one submission, and the message headers of those with several slices,
+        // made before any is submitted so that neither list moves under the kernel.
         let batch = self.ring.params().sq_entries() as usize;
-        let mut messages: Vec<(RawFd, libc::msghdr)> = Vec::with_capacity(batch);
+        let mut batched: Vec<(RawFd, &[IoSlice<'_>])> = Vec::with_capacity(batch);
+        let mut messages: Vec<libc::msghdr> = Vec::new();
+        // A full socket completes at once with EAGAIN (without DONTWAIT the kernel would queue
+        // the send and wait for room); a closed one fails, without SIGPIPE.
+        let flags = libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL;
         loop {
+            batched.clear();
+            batched.extend(writes.by_ref().take(batch));
             messages.clear();
-            for (fd, slices) in writes.by_ref().take(batch) {
+            for (_, slices) in batched.iter().filter(|(_, slices)| whole(slices).is_none()) {
                 // SAFETY: msghdr is plain data; all-zero is an empty header, filled in here.
                 let mut message: libc::msghdr = unsafe { std::mem::zeroed() };
                 // IoSlice is ABI-compatible with iovec on Unix; sendmsg only reads them.
                 message.msg_iov = slices.as_ptr().cast_mut().cast();
                 message.msg_iovlen = slices.len();
-                messages.push((fd, message));
+                messages.push(message);
             }
-            if messages.is_empty() {
+            if batched.is_empty() {
                 return Ok(());
             }
             let first = results.len();
             {
                 let mut queue = self.ring.submission();
-                for (fd, message) in &messages {
-                    // A full socket completes at once with EAGAIN (without DONTWAIT the kernel
-                    // would queue the send and wait for room); a closed one fails, no SIGPIPE.
-                    let entry = opcode::SendMsg::new(types::Fd(*fd), message)
-                        .flags((libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) as u32)
-                        .build()
-                        .user_data(results.len() as u64);
+                let mut messages = messages.iter();
+                for (fd, slices) in &batched {
+                    let entry = match whole(slices) {
+                        Some((buffer, len)) => opcode::Send::new(types::Fd(*fd), buffer, len)
+                            .flags(flags)
+                            .build(),
+                        None => opcode::SendMsg::new(
+                            types::Fd(*fd),
+                            messages
+                                .next()
+                                .expect("a header for each write not sent whole"),
+                        )
+                        .flags(flags as u32)
+                        .build(),
+                    }
+                    .user_data(results.len() as u64);
                     // SAFETY: the slices are borrowed for this whole call, the headers live
                     // until it returns, and every send is completed (below) before it does.
                     unsafe { queue.push(&entry) }.expect("a batch fits the queue");
@@ -116,6 +134,14 @@ impl Ring {
                 }
             }
         }
+    }
+}
+
+/// The one buffer of a write that `send` can take whole, if it is one.
+fn whole(slices: &[IoSlice<'_>]) -> Option<(*const u8, u32)> {
+    match slices {
+        [slice] => Some((slice.as_ptr(), u32::try_from(slice.len()).ok()?)),
+        _ => None,
     }
 }
 

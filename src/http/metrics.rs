@@ -94,6 +94,12 @@ fn render(state: &AppState, up: bool) -> String {
                  long as the backlog.",
             )
             .samples(count(&stats.listeners_dropped)),
+        Family::gauge("pcmcast_realtime_threads")
+            .help(
+                "Threads of the audio path (source, framer, fan-out) running real-time \
+                 (SCHED_FIFO) now.",
+            )
+            .samples(count(&stats.realtime_threads)),
         Family::gauge("pcmcast_backlog_frames")
             .help("How many frames a listener may fall behind before it is skipped forward.")
             .samples((state.hub.backlog_frames() as u64).into()),

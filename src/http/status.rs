@@ -44,6 +44,7 @@ async fn status(State(state): State<Arc<AppState>>) -> Json<Value> {
             "dropped": stats.listeners_dropped.load(Relaxed),
         },
         "frames_skipped": stats.frames_skipped.load(Relaxed),
+        "realtime_threads": stats.realtime_threads.load(Relaxed),
         "endpoints": endpoints(stats),
         "encoders": encoders(&state),
         "backlog_frames": state.hub.backlog_frames(),

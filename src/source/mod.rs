@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 use crate::frame::StreamFormat;
+use crate::realtime::{Realtime, Role};
 use crate::ring::RingWriter;
 use crate::stats::Stats;
 use capture::{Capture, CaptureError, DeviceChoice};
@@ -158,19 +159,23 @@ impl OpenSource {
     /// fires. Dropping the writer at the end tells the framer that no more samples come.
     /// `frame_samples` (per channel) is the framer's frame size: a paced source produces each
     /// frame's samples the moment the last of them is due, so that no frame waits for a tick.
+    /// A paced source runs real-time if `realtime` asks for it and the system permits it (a
+    /// device's samples come from its driver's thread, a relay's from the network).
     pub fn start(
         self,
         writer: RingWriter,
         frame_samples: usize,
         stats: Arc<Stats>,
         cancel: CancellationToken,
+        realtime: bool,
     ) -> Result<JoinHandle<()>, SourceError> {
         let format = self.info.format;
         let thread = thread::Builder::new().name("pcmcast-source".into());
         match self.producer {
-            Producer::Paced(generator) => {
-                thread.spawn(move || run_paced(generator, format, frame_samples, writer, &cancel))
-            }
+            Producer::Paced(generator) => thread.spawn(move || {
+                let _realtime = Realtime::enter_if(realtime, Role::Source, &stats);
+                run_paced(generator, format, frame_samples, writer, &cancel)
+            }),
             Producer::Capture(capture) => {
                 thread.spawn(move || capture.supervise(writer, &stats, &cancel))
             }
