@@ -21,12 +21,19 @@ use io_uring::{IoUring, opcode, types};
 /// many listeners. A round split over several submissions gives the scheduler a point between
 /// them to run something else while the rest of the shard's listeners wait.
 const ENTRIES: u32 = 2048;
+/// Slots of the ring's file table: listeners in higher slots are sent to by descriptor.
+const FILES: u32 = 16_384;
 
 pub struct Ring {
     ring: IoUring,
     /// An error of the ring itself may have left writes in its queue, pointing at buffers
     /// that are gone: it is not entered again.
     failed: bool,
+    /// The descriptor registered at each slot of the ring's file table (a listener's slot in
+    /// its shard), or -1; empty where the kernel has no such table. A send to a registered
+    /// socket names its slot, and skips taking and dropping a reference to the socket's file
+    /// (5 % of the fan-out's CPU samples at 1,000 listeners).
+    files: Vec<RawFd>,
 }
 
 impl Ring {
@@ -40,11 +47,22 @@ impl Ring {
         let mut ring = Ring {
             ring: IoUring::new(entries)?,
             failed: false,
+            files: Vec::new(),
         };
+        // The table may not have more slots than this process may have descriptors.
+        let files = u32::try_from(open_files_limit())
+            .unwrap_or(u32::MAX)
+            .min(FILES);
+        match ring.ring.submitter().register_files_sparse(files) {
+            Ok(()) => ring.files = vec![-1; files as usize],
+            Err(error) => {
+                tracing::debug!("no io_uring file table: sends name descriptors ({error})")
+            }
+        }
         let (writer, mut reader) = UnixStream::pair()?;
         let mut results = Vec::new();
         ring.write_each(
-            [(writer.as_raw_fd(), &[IoSlice::new(b"?")][..])],
+            [(NO_SLOT, writer.as_raw_fd(), &[IoSlice::new(b"?")][..])],
             &mut results,
         )?;
         results.pop().unwrap_or(Ok(0))?;
@@ -52,13 +70,52 @@ impl Ring {
         Ok(ring)
     }
 
-    /// Writes each `(descriptor, slices)` of `writes` as `writev` would, and puts what each
+    /// Registers `fd` at `slot` of the ring's file table, if it has one and the slot is in it:
+    /// writes to `fd` from that slot then name the slot. The socket must be
+    /// [`Ring::unregister`]ed before it is closed.
+    pub fn register(&mut self, slot: usize, fd: RawFd) {
+        let Some(entry) = self.files.get_mut(slot) else {
+            return;
+        };
+        match self
+            .ring
+            .submitter()
+            .register_files_update(slot as u32, &[fd])
+        {
+            Ok(_) => *entry = fd,
+            Err(error) => {
+                tracing::debug!("a listener's socket is not in the io_uring file table: {error}")
+            }
+        }
+    }
+
+    /// Takes `slot`'s socket out of the ring's file table, if it is there: the table holds a
+    /// reference of its own to the socket, which would keep it open after its descriptor is
+    /// closed.
+    pub fn unregister(&mut self, slot: usize) {
+        let Some(entry) = self.files.get_mut(slot).filter(|fd| **fd >= 0) else {
+            return;
+        };
+        *entry = -1;
+        if let Err(error) = self
+            .ring
+            .submitter()
+            .register_files_update(slot as u32, &[-1])
+        {
+            tracing::error!(
+                "cannot take a listener's socket out of the io_uring file table, which keeps its connection open until the fan-out thread ends: {error}"
+            );
+        }
+    }
+
+    /// Writes each `(slot, descriptor, slices)` of `writes` as `writev` would (naming the slot
+    /// of the ring's file table where the descriptor is registered there), and puts what each
     /// wrote in `results`, in the same order. A write's error is its result. An error of the
     /// ring itself ends the call: the writes it had submitted without their completion have
     /// `ECANCELED` (what they sent is unknown), and those it had not submitted have no result.
     pub fn write_each<'a>(
         &mut self,
-        writes: impl IntoIterator<Item = (RawFd, &'a [IoSlice<'a>])>,
+        writes: impl IntoIterator<Item = (usize, RawFd, &'a [IoSlice<'a>])>,
         results: &mut Vec<io::Result<usize>>,
     ) -> io::Result<()> {
         results.clear();
@@ -69,7 +126,7 @@ impl Ring {
         // The writes of one submission, and the message headers of those with several slices,
         // made before any is submitted so that neither list moves under the kernel.
         let batch = self.ring.params().sq_entries() as usize;
-        let mut batched: Vec<(RawFd, &[IoSlice<'_>])> = Vec::with_capacity(batch);
+        let mut batched: Vec<(usize, RawFd, &[IoSlice<'_>])> = Vec::with_capacity(batch);
         let mut messages: Vec<libc::msghdr> = Vec::new();
         // A full socket completes at once with EAGAIN (without DONTWAIT the kernel would queue
         // the send and wait for room); a closed one fails, without SIGPIPE.
@@ -78,7 +135,10 @@ impl Ring {
             batched.clear();
             batched.extend(writes.by_ref().take(batch));
             messages.clear();
-            for (_, slices) in batched.iter().filter(|(_, slices)| whole(slices).is_none()) {
+            for (_, _, slices) in batched
+                .iter()
+                .filter(|(.., slices)| whole(slices).is_none())
+            {
                 // SAFETY: msghdr is plain data; all-zero is an empty header, filled in here.
                 let mut message: libc::msghdr = unsafe { std::mem::zeroed() };
                 // IoSlice is ABI-compatible with iovec on Unix; sendmsg only reads them.
@@ -93,19 +153,30 @@ impl Ring {
             {
                 let mut queue = self.ring.submission();
                 let mut messages = messages.iter();
-                for (fd, slices) in &batched {
-                    let entry = match whole(slices) {
-                        Some((buffer, len)) => opcode::Send::new(types::Fd(*fd), buffer, len)
-                            .flags(flags)
-                            .build(),
-                        None => opcode::SendMsg::new(
-                            types::Fd(*fd),
-                            messages
-                                .next()
-                                .expect("a header for each write not sent whole"),
-                        )
-                        .flags(flags as u32)
-                        .build(),
+                for &(slot, fd, slices) in &batched {
+                    let whole = whole(slices);
+                    // The same send, to the slot of the file table or to the descriptor.
+                    macro_rules! send_to {
+                        ($target:expr) => {
+                            match whole {
+                                Some((buffer, len)) => {
+                                    opcode::Send::new($target, buffer, len).flags(flags).build()
+                                }
+                                None => opcode::SendMsg::new(
+                                    $target,
+                                    messages
+                                        .next()
+                                        .expect("a header for each write not sent whole"),
+                                )
+                                .flags(flags as u32)
+                                .build(),
+                            }
+                        };
+                    }
+                    let entry = if self.files.get(slot) == Some(&fd) {
+                        send_to!(types::Fixed(slot as u32))
+                    } else {
+                        send_to!(types::Fd(fd))
                     }
                     .user_data(results.len() as u64);
                     // SAFETY: the slices are borrowed for this whole call, the headers live
@@ -135,6 +206,22 @@ impl Ring {
             }
         }
     }
+}
+
+/// A slot outside every file table.
+pub const NO_SLOT: usize = usize::MAX;
+
+/// This process's limit on open descriptors.
+fn open_files_limit() -> u64 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut limit) } != 0 {
+        return 0;
+    }
+    limit.rlim_cur
 }
 
 /// The one buffer of a write that `send` can take whole, if it is one.
@@ -188,7 +275,7 @@ mod tests {
             pairs
                 .iter()
                 .zip(&slices)
-                .map(|((writer, _), slices)| (writer.as_raw_fd(), &slices[..])),
+                .map(|((writer, _), slices)| (NO_SLOT, writer.as_raw_fd(), &slices[..])),
             &mut results,
         )
         .unwrap();
@@ -212,7 +299,7 @@ mod tests {
         // Fill the first socket: once full, a write takes nothing (instead of waiting).
         let mut filled = 0;
         loop {
-            ring.write_each([(full.as_raw_fd(), &slices[..])], &mut results)
+            ring.write_each([(NO_SLOT, full.as_raw_fd(), &slices[..])], &mut results)
                 .unwrap();
             match results[0].as_ref().unwrap() {
                 0 => break,
@@ -222,8 +309,8 @@ mod tests {
         assert!(filled > 0);
         ring.write_each(
             [
-                (full.as_raw_fd(), &slices[..]),
-                (closed.as_raw_fd(), &slices[..]),
+                (NO_SLOT, full.as_raw_fd(), &slices[..]),
+                (NO_SLOT, closed.as_raw_fd(), &slices[..]),
             ],
             &mut results,
         )
@@ -231,5 +318,35 @@ mod tests {
         assert_eq!(*results[0].as_ref().unwrap(), 0);
         let error = results[1].as_ref().unwrap_err();
         assert_eq!(error.kind(), io::ErrorKind::BrokenPipe, "{error}");
+    }
+
+    #[test]
+    fn a_registered_socket_is_written_by_slot_and_closes_once_unregistered() {
+        let mut ring = Ring::new().unwrap();
+        assert!(
+            !ring.files.is_empty(),
+            "this kernel has io_uring file tables"
+        );
+        let (writer, mut reader) = pair();
+        let slot = 3;
+        ring.register(slot, writer.as_raw_fd());
+        assert_eq!(ring.files[slot], writer.as_raw_fd());
+        let slices = [IoSlice::new(b"by slot")];
+        let mut results = Vec::new();
+        ring.write_each([(slot, writer.as_raw_fd(), &slices[..])], &mut results)
+            .unwrap();
+        assert_eq!(*results[0].as_ref().unwrap(), 7);
+        assert_eq!(read_all(&mut reader), b"by slot");
+
+        // The table holds a reference of its own: only once the socket is out of it does
+        // closing the descriptor end the stream.
+        ring.unregister(slot);
+        assert_eq!(ring.files[slot], -1);
+        drop(writer);
+        reader.set_nonblocking(false).unwrap();
+        reader
+            .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        assert_eq!(reader.read(&mut [0; 8]).unwrap(), 0, "end of stream");
     }
 }
