@@ -58,10 +58,7 @@ static REFUSAL_SAID: AtomicBool = AtomicBool::new(false);
 impl Realtime {
     /// Moves the calling thread to real-time scheduling for `role`, where permitted.
     pub fn enter(role: Role, stats: &Arc<Stats>) -> Option<Realtime> {
-        match set_policy(
-            libc::SCHED_FIFO | libc::SCHED_RESET_ON_FORK,
-            role.priority(),
-        ) {
+        match schedule(Some(role.priority())) {
             Ok(()) => {
                 stats.realtime_threads.fetch_add(1, Relaxed);
                 Some(Realtime {
@@ -89,18 +86,21 @@ impl Realtime {
 
 impl Drop for Realtime {
     fn drop(&mut self) {
-        if let Err(error) = set_policy(libc::SCHED_OTHER, 0) {
+        if let Err(error) = schedule(None) {
             tracing::error!("a thread cannot leave real-time scheduling: {error}");
         }
         self.stats.realtime_threads.fetch_sub(1, Relaxed);
     }
 }
 
+/// Makes the calling thread real-time at `priority` (reset on fork), or normal again.
 #[cfg(target_os = "linux")]
-fn set_policy(policy: i32, priority: i32) -> io::Result<()> {
-    let param = libc::sched_param {
-        sched_priority: priority,
+fn schedule(priority: Option<i32>) -> io::Result<()> {
+    let (policy, sched_priority) = match priority {
+        Some(priority) => (libc::SCHED_FIFO | libc::SCHED_RESET_ON_FORK, priority),
+        None => (libc::SCHED_OTHER, 0),
     };
+    let param = libc::sched_param { sched_priority };
     // SAFETY: sched_setscheduler reads one sched_param; pid 0 is the calling thread.
     if unsafe { libc::sched_setscheduler(0, policy, &raw const param) } == 0 {
         Ok(())
@@ -110,7 +110,7 @@ fn set_policy(policy: i32, priority: i32) -> io::Result<()> {
 }
 
 #[cfg(not(target_os = "linux"))]
-fn set_policy(_policy: i32, _priority: i32) -> io::Result<()> {
+fn schedule(_priority: Option<i32>) -> io::Result<()> {
     Err(io::ErrorKind::Unsupported.into())
 }
 

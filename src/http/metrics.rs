@@ -62,16 +62,12 @@ fn render(state: &AppState, up: bool) -> String {
         ],
         1u64,
     );
-    out.family(
-        "pcmcast_source_state",
-        Gauge,
-        "What the source is doing: 1 for the current state, 0 for the others.",
-    );
     let current = stats.source_state();
-    for each in SourceState::ALL {
-        let value = u64::from(each == current);
-        out.sample("pcmcast_source_state", &[("state", &each.name())], value);
-    }
+    out.states(
+        "pcmcast_source_state",
+        "What the source is doing: 1 for the current state, 0 for the others.",
+        SourceState::ALL.map(|each| (each.name(), each == current)),
+    );
     out.singles([
         Family::gauge("pcmcast_source_up")
             .help("1 while the source delivers frames (/healthz is ok), 0 otherwise.")
@@ -195,15 +191,11 @@ fn icecast(out: &mut Exposition, push: &PushStatus) {
         1u64,
     );
     let current = push.state();
-    out.family(
+    out.states(
         "pcmcast_icecast_state",
-        Gauge,
         "What the Icecast push is doing: 1 for the current state, 0 for the others.",
+        PushState::ALL.map(|each| (each.name(), each == current)),
     );
-    for each in PushState::ALL {
-        let value = u64::from(each == current);
-        out.sample("pcmcast_icecast_state", &[("state", &each.name())], value);
-    }
     out.singles([
         Family::gauge("pcmcast_icecast_up")
             .help("1 while Icecast takes the stream, 0 otherwise.")
@@ -341,6 +333,15 @@ impl Exposition {
             self.text.push('}');
         }
         let _ = writeln!(self.text, " {}", value.into());
+    }
+
+    /// A gauge family of one sample per state, `state` label: 1 for the current one, 0 for the
+    /// others.
+    fn states<const N: usize>(&mut self, name: &str, help: &str, states: [(&str, bool); N]) {
+        self.family(name, Kind::Gauge, help);
+        for (state, current) in states {
+            self.sample(name, &[("state", &state)], u64::from(current));
+        }
     }
 
     /// Families of one unlabelled sample each.
