@@ -756,10 +756,12 @@ impl Shard {
             }
             Some((true, busy)) => {
                 *realtime = Realtime::enter(Role::Fanout, &self.stats);
-                tracing::info!(
-                    "a fan-out thread was busy {:.0} % of the last second: back to real-time",
-                    busy * 100.0
-                );
+                if realtime.is_some() {
+                    tracing::info!(
+                        "a fan-out thread was busy {:.0} % of the last second: back to real-time",
+                        busy * 100.0
+                    );
+                }
             }
             None => {}
         }
