@@ -718,11 +718,12 @@ impl Shard {
                     self.drained.notify_one();
                 }
             }
-            // Unsent bytes are retried when the next frame comes, or after a frame period if
-            // none does (the source ended), so that the rest still goes out.
+            // Unsent bytes and frames a write did not take are retried when the next frame
+            // comes. Once the source has ended none comes: every listener still here has
+            // something left (frames, the final chunk), retried after a frame period.
             let timeout = listeners
                 .iter()
-                .any(Listener::has_unsent)
+                .any(|listener| closed || listener.has_unsent())
                 .then_some(self.limits.frame_period);
             if let Some(duty) = &mut duty {
                 self.keep_light(duty, &mut realtime);
@@ -1418,6 +1419,51 @@ mod tests {
             .collect();
         assert!(samples == expected, "every frame, whole and in order");
         assert_eq!(stats.listeners_dropped.load(Relaxed), 0);
+        fanout.stop();
+        fanout.join();
+    }
+
+    #[test]
+    fn a_listener_far_behind_when_the_source_ends_still_gets_every_frame() {
+        behind_at_the_end_gets_every_frame(true);
+    }
+
+    #[test]
+    fn a_listener_far_behind_at_the_end_gets_every_frame_without_io_uring() {
+        behind_at_the_end_gets_every_frame(false);
+    }
+
+    /// Frames published all at once, far more than one write takes and than the socket holds,
+    /// and then the end: no frame comes after it to wake the shard, which must go on by itself.
+    fn behind_at_the_end_gets_every_frame(io_uring: bool) {
+        const FRAMES: u64 = 200;
+        let (fanout, membership, mut client, server, _stats) =
+            setup(10_000, Duration::from_millis(1), io_uring);
+        client
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let stream = DirectStream {
+            membership,
+            encoding: DirectEncoding::Pcm(PcmFormat::F32le),
+            preamble: None,
+            frames: None,
+        };
+        fanout.add(server, true, stream, fanout.position()).unwrap();
+        for seq in 0..FRAMES {
+            fanout.publish(&frame(seq));
+        }
+        fanout.close();
+        let mut body = Vec::new();
+        client
+            .read_to_end(&mut body)
+            .expect("the stream ends within 10 s");
+        let (data, ended) = dechunk(&body);
+        assert!(ended, "the stream ends with the last chunk");
+        let expected: Vec<u8> = (0..FRAMES)
+            .flat_map(|seq| frame(seq).pcm(PcmFormat::F32le).to_vec())
+            .collect();
+        assert_eq!(data.len(), expected.len(), "every frame");
+        assert!(data == expected, "every frame, in order");
         fanout.stop();
         fanout.join();
     }

@@ -220,10 +220,15 @@ impl Pcmcast {
             fanout.clone(),
             finish,
         ));
+        // The server returns once the source has ended (or on shutdown), and may have done so
+        // before this task looks: the end of the source comes first, so that the raw streams
+        // still get their last frames before they are stopped. The server's own result counts
+        // only if it failed on its own.
         let result = tokio::select! {
-            joined = &mut server => Some(joined),
+            biased;
             () = shutdown.cancelled() => None,
             () = source_ended.cancelled() => None,
+            joined = &mut server => Some(joined),
         };
         let result = match result {
             Some(joined) => joined,
