@@ -390,6 +390,83 @@ async fn pcm_listeners_get_the_file_exactly_until_it_ends() {
     .expect("the server exits without error");
 }
 
+/// A listener that has not read for a while when the file ends, far more behind than the
+/// socket holds, still gets the file to its end once it reads: no frame comes after the end to
+/// prompt the server, which must go on sending by itself, and must not end the stream early.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listener_behind_when_the_file_ends_still_gets_all_of_it() {
+    const RATE_HZ: u32 = 48_000;
+    const CHANNELS: usize = 2;
+    const FRAME_SIZE: usize = 1024;
+    // Two seconds (768 kB of f32): at the end, most of it waits in the server, not in the
+    // sockets. A backlog of 200 frames (4.3 s) keeps the listener from being skipped forward
+    // or dropped meanwhile.
+    let sample_frames = 2 * RATE_HZ as usize + 300;
+    let samples = common::noise(sample_frames * CHANNELS, 16, 7);
+    let path = common::scratch_dir("a_listener_behind_when_the_file_ends").join("noise.wav");
+    common::write_int_wav(&path, RATE_HZ, CHANNELS as u16, 16, &samples);
+    let file: Vec<f32> = samples.iter().map(|&s| s as f32 / 32768.0).collect();
+    let server = common::start(&[
+        "--wav",
+        path.to_str().unwrap(),
+        "--frame-size",
+        "1024",
+        "--backlog",
+        "200",
+    ])
+    .await;
+    let _stop = server.shutdown.clone().drop_guard();
+    let api = Api::new(server.addr);
+
+    let mut behind = RawListener::connect(server.addr, "/stream.pcm").await;
+    // The NDJSON stream ends when the file does: until then, `behind` reads nothing.
+    let ndjson = api.get("/stream.ndjson").await;
+    within(Duration::from_secs(10), "the file ends", ndjson.bytes())
+        .await
+        .expect("the NDJSON stream ends cleanly");
+
+    let mut received = Vec::new();
+    within(Duration::from_secs(10), "the rest of the file", async {
+        loop {
+            if let Some(chunk) = behind.take_chunk() {
+                if chunk.is_empty() {
+                    return;
+                }
+                received.extend_from_slice(&chunk);
+                continue;
+            }
+            match behind.read_some().await {
+                Ok(0) => panic!("the connection closed before the last chunk"),
+                Ok(_) => {}
+                Err(e) => panic!("reading: {e}"),
+            }
+        }
+    })
+    .await;
+    let received = common::f32le(&received);
+    let offset = common::source_offset(&received, &file, FRAME_SIZE * CHANNELS, false);
+    assert_eq!(
+        offset + received.len(),
+        file.len(),
+        "the body runs to the end of the file"
+    );
+    // The sockets hold the send buffer (which Linux doubles) and the small receive buffer;
+    // twice that again and more waited in the server when the file ended.
+    let bytes = received.len() * size_of::<f32>();
+    assert!(
+        bytes > 4 * SEND_BUFFER_BYTES,
+        "more than the sockets hold waited in the server: {bytes} bytes in all"
+    );
+    within(
+        Duration::from_secs(2),
+        "the server exits after the file",
+        server.handle,
+    )
+    .await
+    .expect("the server task completes")
+    .expect("the server exits without error");
+}
+
 /// s16le carries a 16-bit file's samples exactly; both formats announce themselves.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pcm_formats_carry_exact_samples_and_describe_themselves() {
