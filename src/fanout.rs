@@ -1309,13 +1309,16 @@ mod tests {
         Arc::new(Frame::new(seq, seq * 500, 0.0, FORMAT, samples))
     }
 
-    /// A fan-out, a listener membership of its own hub, and a connected pair of sockets whose
-    /// client side has a small receive buffer.
+    /// A fan-out serving one f32 PCM listener (chunked, starting with the next frame published,
+    /// ending after `frames` if given): the client side of its connection, which has a small
+    /// receive buffer and reads with a 10 s timeout.
     fn setup(
         backlog_frames: usize,
         frame_period: Duration,
         io_uring: bool,
-    ) -> (Fanout, Membership, StdStream, StdStream, Arc<Stats>) {
+        preamble: Option<&'static [u8]>,
+        frames: Option<u64>,
+    ) -> (Fanout, StdStream, Arc<Stats>) {
         let stats = Arc::new(Stats::default());
         let limits = FanoutLimits {
             backlog_frames,
@@ -1341,8 +1344,25 @@ mod tests {
         client
             .connect(&listener.local_addr().unwrap().into())
             .unwrap();
+        client
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
         let (server, _) = listener.accept().unwrap();
-        (fanout, membership, client.into(), server, stats)
+        let stream = DirectStream {
+            membership,
+            encoding: DirectEncoding::Pcm(PcmFormat::F32le),
+            preamble: preamble.map(Bytes::from_static),
+            frames,
+        };
+        fanout.add(server, true, stream, fanout.position()).unwrap();
+        (fanout, client.into(), stats)
+    }
+
+    /// The f32 PCM of frames `0..frames`, one after another.
+    fn pcm_of(frames: u64) -> Vec<u8> {
+        (0..frames)
+            .flat_map(|seq| frame(seq).pcm(PcmFormat::F32le).to_vec())
+            .collect()
     }
 
     /// Decodes a chunked body; panics on a malformed one.
@@ -1377,18 +1397,13 @@ mod tests {
 
     fn partial_writes_keep_chunks_whole(io_uring: bool) {
         const FRAMES: u64 = 300;
-        let (fanout, membership, mut client, server, stats) =
-            setup(10_000, Duration::from_millis(1), io_uring);
-        client
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .unwrap();
-        let stream = DirectStream {
-            membership,
-            encoding: DirectEncoding::Pcm(PcmFormat::F32le),
-            preamble: Some(Bytes::from_static(b"HEADER")),
-            frames: Some(FRAMES),
-        };
-        fanout.add(server, true, stream, fanout.position()).unwrap();
+        let (fanout, mut client, stats) = setup(
+            10_000,
+            Duration::from_millis(1),
+            io_uring,
+            Some(b"HEADER"),
+            Some(FRAMES),
+        );
         // Published far faster than the client reads: the socket takes most frames in pieces.
         let publisher = {
             let fanout = fanout.clone();
@@ -1414,10 +1429,7 @@ mod tests {
         assert!(ended, "the stream ends with the last chunk");
         let (header, samples) = data.split_at(6);
         assert_eq!(header, b"HEADER");
-        let expected: Vec<u8> = (0..FRAMES)
-            .flat_map(|seq| frame(seq).pcm(PcmFormat::F32le).to_vec())
-            .collect();
-        assert!(samples == expected, "every frame, whole and in order");
+        assert!(samples == pcm_of(FRAMES), "every frame, whole and in order");
         assert_eq!(stats.listeners_dropped.load(Relaxed), 0);
         fanout.stop();
         fanout.join();
@@ -1437,18 +1449,8 @@ mod tests {
     /// and then the end: no frame comes after it to wake the shard, which must go on by itself.
     fn behind_at_the_end_gets_every_frame(io_uring: bool) {
         const FRAMES: u64 = 200;
-        let (fanout, membership, mut client, server, _stats) =
-            setup(10_000, Duration::from_millis(1), io_uring);
-        client
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .unwrap();
-        let stream = DirectStream {
-            membership,
-            encoding: DirectEncoding::Pcm(PcmFormat::F32le),
-            preamble: None,
-            frames: None,
-        };
-        fanout.add(server, true, stream, fanout.position()).unwrap();
+        let (fanout, mut client, _stats) =
+            setup(10_000, Duration::from_millis(1), io_uring, None, None);
         for seq in 0..FRAMES {
             fanout.publish(&frame(seq));
         }
@@ -1459,9 +1461,7 @@ mod tests {
             .expect("the stream ends within 10 s");
         let (data, ended) = dechunk(&body);
         assert!(ended, "the stream ends with the last chunk");
-        let expected: Vec<u8> = (0..FRAMES)
-            .flat_map(|seq| frame(seq).pcm(PcmFormat::F32le).to_vec())
-            .collect();
+        let expected = pcm_of(FRAMES);
         assert_eq!(data.len(), expected.len(), "every frame");
         assert!(data == expected, "every frame, in order");
         fanout.stop();
@@ -1481,14 +1481,7 @@ mod tests {
     fn stalled_listener_is_dropped(io_uring: bool) {
         let period = Duration::from_millis(2);
         let backlog = 20;
-        let (fanout, membership, client, server, stats) = setup(backlog, period, io_uring);
-        let stream = DirectStream {
-            membership,
-            encoding: DirectEncoding::Pcm(PcmFormat::F32le),
-            preamble: None,
-            frames: None,
-        };
-        fanout.add(server, true, stream, fanout.position()).unwrap();
+        let (fanout, mut client, stats) = setup(backlog, period, io_uring, None, None);
         let started = Instant::now();
         let mut seq = 0;
         while stats.listeners_current.load(Relaxed) > 0 {
@@ -1500,10 +1493,6 @@ mod tests {
         assert_eq!(stats.listeners_dropped.load(Relaxed), 1);
         assert_eq!(fanout.listeners(), 0);
         // The client sees the reset once it reads past what was buffered.
-        let mut client = client;
-        client
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .unwrap();
         let mut buffer = [0; 64 * 1024];
         let error = loop {
             match client.read(&mut buffer) {

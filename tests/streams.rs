@@ -17,6 +17,7 @@ mod common;
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -122,6 +123,22 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack
         .windows(needle.len())
         .position(|window| window == needle)
+}
+
+/// A 16-bit WAV of `sample_frames` of noise in `test`'s scratch directory: its path, and its
+/// samples as f32 (what the stream carries).
+fn noise_wav(
+    test: &str,
+    rate_hz: u32,
+    channels: usize,
+    sample_frames: usize,
+    seed: u64,
+) -> (PathBuf, Vec<f32>) {
+    let samples = common::noise(sample_frames * channels, 16, seed);
+    let path = common::scratch_dir(test).join("noise.wav");
+    common::write_int_wav(&path, rate_hz, channels as u16, 16, &samples);
+    let file = samples.iter().map(|&s| s as f32 / 32768.0).collect();
+    (path, file)
 }
 
 /// A listener over raw HTTP/1.1 with a small receive buffer, that reads only when asked to:
@@ -333,10 +350,13 @@ async fn pcm_listeners_get_the_file_exactly_until_it_ends() {
     // Two seconds and a bit: the last frame is short.
     let sample_frames = 2 * RATE_HZ as usize + 500;
     assert_ne!(sample_frames % FRAME_SIZE, 0);
-    let samples = common::noise(sample_frames * CHANNELS, 16, 1);
-    let path = common::scratch_dir("pcm_listeners_get_the_file_exactly").join("noise.wav");
-    common::write_int_wav(&path, RATE_HZ, CHANNELS as u16, 16, &samples);
-    let file: Vec<f32> = samples.iter().map(|&s| s as f32 / 32768.0).collect();
+    let (path, file) = noise_wav(
+        "pcm_listeners_get_the_file_exactly",
+        RATE_HZ,
+        CHANNELS,
+        sample_frames,
+        1,
+    );
 
     let server = common::start(&["--wav", path.to_str().unwrap(), "--frame-size", "1024"]).await;
     let _stop = server.shutdown.clone().drop_guard();
@@ -402,10 +422,13 @@ async fn a_listener_behind_when_the_file_ends_still_gets_all_of_it() {
     // sockets. A backlog of 200 frames (4.3 s) keeps the listener from being skipped forward
     // or dropped meanwhile.
     let sample_frames = 2 * RATE_HZ as usize + 300;
-    let samples = common::noise(sample_frames * CHANNELS, 16, 7);
-    let path = common::scratch_dir("a_listener_behind_when_the_file_ends").join("noise.wav");
-    common::write_int_wav(&path, RATE_HZ, CHANNELS as u16, 16, &samples);
-    let file: Vec<f32> = samples.iter().map(|&s| s as f32 / 32768.0).collect();
+    let (path, file) = noise_wav(
+        "a_listener_behind_when_the_file_ends",
+        RATE_HZ,
+        CHANNELS,
+        sample_frames,
+        7,
+    );
     let server = common::start(&[
         "--wav",
         path.to_str().unwrap(),
@@ -474,10 +497,13 @@ async fn pcm_formats_carry_exact_samples_and_describe_themselves() {
     const CHANNELS: usize = 2;
     const FRAME_SIZE: usize = 480;
     const FRAMES: usize = 25;
-    let samples = common::noise(RATE_HZ as usize / 2 * CHANNELS, 16, 2);
-    let path = common::scratch_dir("pcm_formats_carry_exact_samples").join("noise.wav");
-    common::write_int_wav(&path, RATE_HZ, CHANNELS as u16, 16, &samples);
-    let file: Vec<f32> = samples.iter().map(|&s| s as f32 / 32768.0).collect();
+    let (path, file) = noise_wav(
+        "pcm_formats_carry_exact_samples",
+        RATE_HZ,
+        CHANNELS,
+        RATE_HZ as usize / 2,
+        2,
+    );
     let server = common::start(&[
         "--wav",
         path.to_str().unwrap(),

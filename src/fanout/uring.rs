@@ -122,39 +122,39 @@ impl Ring {
         if self.failed {
             return Err(io::Error::other("the ring failed before"));
         }
-        let mut writes = writes.into_iter();
-        // The writes of one submission, and the message headers of those with several slices,
-        // made before any is submitted so that neither list moves under the kernel.
+        let mut writes = writes.into_iter().peekable();
         let batch = self.ring.params().sq_entries() as usize;
-        let mut batched: Vec<(usize, RawFd, &[IoSlice<'_>])> = Vec::with_capacity(batch);
+        // The message headers of the sends with several slices. Room for a whole submission's
+        // is reserved before the first is made, so that none moves while the kernel may read
+        // it; a round whose writes are all one slice (most are) allocates none.
         let mut messages: Vec<libc::msghdr> = Vec::new();
         // A full socket completes at once with EAGAIN (without DONTWAIT the kernel would queue
         // the send and wait for room); a closed one fails, without SIGPIPE.
         let flags = libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL;
-        loop {
-            batched.clear();
-            batched.extend(writes.by_ref().take(batch));
-            messages.clear();
-            for (_, _, slices) in batched
-                .iter()
-                .filter(|(.., slices)| whole(slices).is_none())
-            {
-                // SAFETY: msghdr is plain data; all-zero is an empty header, filled in here.
-                let mut message: libc::msghdr = unsafe { std::mem::zeroed() };
-                // IoSlice is ABI-compatible with iovec on Unix; sendmsg only reads them.
-                message.msg_iov = slices.as_ptr().cast_mut().cast();
-                message.msg_iovlen = slices.len();
-                messages.push(message);
-            }
-            if batched.is_empty() {
-                return Ok(());
-            }
+        while writes.peek().is_some() {
             let first = results.len();
+            messages.clear();
             {
                 let mut queue = self.ring.submission();
-                let mut messages = messages.iter();
-                for &(slot, fd, slices) in &batched {
+                for (slot, fd, slices) in writes.by_ref().take(batch) {
                     let whole = whole(slices);
+                    let message = if whole.is_none() {
+                        if messages.capacity() == 0 {
+                            messages.reserve_exact(batch);
+                        }
+                        // SAFETY: msghdr is plain data; all-zero is an empty header, filled in
+                        // here.
+                        let mut message: libc::msghdr = unsafe { std::mem::zeroed() };
+                        // IoSlice is ABI-compatible with iovec on Unix; sendmsg only reads them.
+                        message.msg_iov = slices.as_ptr().cast_mut().cast();
+                        message.msg_iovlen = slices.len();
+                        messages.push(message);
+                        // Through the buffer's pointer, which pushes within the capacity keep
+                        // valid, not through a borrow of the element.
+                        messages.as_ptr().wrapping_add(messages.len() - 1)
+                    } else {
+                        std::ptr::null()
+                    };
                     // The same send, to the slot of the file table or to the descriptor.
                     macro_rules! send_to {
                         ($target:expr) => {
@@ -162,14 +162,9 @@ impl Ring {
                                 Some((buffer, len)) => {
                                     opcode::Send::new($target, buffer, len).flags(flags).build()
                                 }
-                                None => opcode::SendMsg::new(
-                                    $target,
-                                    messages
-                                        .next()
-                                        .expect("a header for each write not sent whole"),
-                                )
-                                .flags(flags as u32)
-                                .build(),
+                                None => opcode::SendMsg::new($target, message)
+                                    .flags(flags as u32)
+                                    .build(),
                             }
                         };
                     }
@@ -179,8 +174,9 @@ impl Ring {
                         send_to!(types::Fd(fd))
                     }
                     .user_data(results.len() as u64);
-                    // SAFETY: the slices are borrowed for this whole call, the headers live
-                    // until it returns, and every send is completed (below) before it does.
+                    // SAFETY: the slices are borrowed for this whole call, the headers stay
+                    // where they are until every send of the submission is completed (below),
+                    // and so does the call before it returns.
                     unsafe { queue.push(&entry) }.expect("a batch fits the queue");
                     results.push(Err(io::Error::from_raw_os_error(libc::ECANCELED)));
                 }
@@ -205,6 +201,7 @@ impl Ring {
                 }
             }
         }
+        Ok(())
     }
 }
 
