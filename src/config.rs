@@ -8,6 +8,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::frame::StreamFormat;
 use crate::icecast::{FormatError, IcecastSettings, IcecastUrl, PushFormat, UrlError};
+use crate::realtime::Scope;
 use crate::source::SourceSpec;
 use crate::source::capture::DeviceChoice;
 use crate::source::relay::RelayUrl;
@@ -214,14 +215,20 @@ pub struct ServeArgs {
     )]
     pub icecast: Option<String>,
 
-    /// Keep the audio path (source, framer, fan-out threads) at normal priority
+    /// Which threads of the audio path run real-time (SCHED_FIFO)
     ///
-    /// By default these threads run real-time (SCHED_FIFO) where the system permits it (root,
-    /// CAP_SYS_NICE or an RLIMIT_RTPRIO), so that other work on the machine cannot delay a
-    /// frame; a fan-out thread busy more than half of the time gives it up until it is light
-    /// again. /status shows how many threads run real-time.
-    #[arg(long, env = "PCMCAST_NO_REALTIME")]
-    pub no_realtime: bool,
+    /// Where the system permits it (root, CAP_SYS_NICE or an RLIMIT_RTPRIO), real-time threads
+    /// run before anything at normal priority, so that other work on the machine cannot delay
+    /// a frame. A fan-out thread busy more than half of the time gives real-time up until it is
+    /// light again. /status shows how many threads run real-time.
+    #[arg(
+        long,
+        value_enum,
+        value_name = "THREADS",
+        env = "PCMCAST_REALTIME",
+        default_value_t = Scope::Source
+    )]
+    pub realtime: Scope,
 
     /// The encoding pushed to --icecast [default: from the mount's extension]
     #[arg(
@@ -245,8 +252,8 @@ pub struct Settings {
     pub access: Access,
     /// Where to push the stream as an Icecast source, if anywhere.
     pub icecast: Option<IcecastSettings>,
-    /// Run the audio path's threads real-time where permitted.
-    pub realtime: bool,
+    /// Which threads of the audio path run real-time where permitted.
+    pub realtime: Scope,
 }
 
 /// Who may use the stream and API endpoints.
@@ -348,7 +355,7 @@ impl TryFrom<ServeArgs> for Settings {
                 cors_origin: args.cors_origin,
             },
             icecast,
-            realtime: !args.no_realtime,
+            realtime: args.realtime,
         })
     }
 }

@@ -19,8 +19,8 @@
 //!   each.
 //! - New frames wake every shard at once ([`Bell`]), and where there is a shard for each core,
 //!   each keeps to its own core: the listeners of one shard never wait for another's round.
-//!   The shards start sending together ([`Shard::send_together`]), and run real-time where
-//!   permitted ([`crate::realtime`]).
+//!   The shards start sending together ([`Shard::send_together`]), and run real-time with
+//!   `--realtime all` ([`crate::realtime`]).
 //! - Sockets are non-blocking with a capped send buffer. A write the socket only partly takes
 //!   leaves its rest pending, sent before anything else next time, so chunks stay whole. A
 //!   listener more than `backlog` frames behind skips forward (an NDJSON one is told, with

@@ -57,6 +57,7 @@ use tokio_util::task::TaskTracker;
 
 pub use config::Settings;
 use framer::Framer;
+use realtime::Role;
 use source::{OpenSource, SourceError, SourceInfo};
 use stats::Stats;
 
@@ -134,7 +135,7 @@ impl Pcmcast {
                 ),
             },
             stats.clone(),
-            settings.realtime,
+            settings.realtime.covers(Role::Fanout),
         )
         .map_err(Error::FanoutThreads)?;
         let publisher = publisher.with_fanout(fanout.clone());
@@ -153,7 +154,7 @@ impl Pcmcast {
             stats.clone(),
             stop.clone(),
             source_ended.clone(),
-            settings.realtime,
+            settings.realtime.covers(Role::Framer),
         )
         .map_err(Error::FramerThread)?;
         let writer = writer_parts.into_writer(framer_thread.thread().clone(), stats.clone());
@@ -163,7 +164,7 @@ impl Pcmcast {
             settings.frame_size_samples,
             stats.clone(),
             stop.clone(),
-            settings.realtime,
+            settings.realtime.covers(Role::Source),
         )?;
         tracing::info!(source = info.kind, name = %info.name, rate_hz = format.rate_hz,
             channels = format.channels, frame_size = settings.frame_size_samples, "source started");

@@ -1,7 +1,7 @@
-//! The audio path's threads (paced source, framer, fan-out) run real-time where the system
-//! permits it, the source above the framer above the fan-out, and at normal priority with
-//! `--no-realtime`: as the kernel reports each thread of a spawned server (`/proc/PID/task`),
-//! and as `/status` and `/metrics` count them. Whether real-time is permitted here is found out
+//! The audio path's threads run real-time where the system permits it, as far as `--realtime`
+//! asks (by default the paced source and the framer; `all` adds the fan-out threads; `off`
+//! none), the source above the framer above the fan-out: as the kernel reports each thread of a
+//! spawned server (`/proc/PID/task`), and as `/status` and `/metrics` count them. Whether real-time is permitted here is found out
 //! the same way the server does, by asking for it.
 //!
 //! Nothing sleeps to synchronise: the tests wait for a listener's first bytes and poll `/status`
@@ -77,65 +77,80 @@ fn realtime_threads(status: &serde_json::Value) -> u64 {
         .expect("realtime_threads")
 }
 
-#[test]
-fn the_audio_path_runs_real_time_where_permitted() {
-    common::runtime().block_on(async {
-        let permitted = realtime_permitted();
-        let (server, api) = serve(&[]).await;
-        let threads = audio_threads(server.pid());
-        let expected = if permitted {
-            2 + threads["fanout"].len() as u64
-        } else {
-            0
-        };
-        let status = poll_until(
-            "every audio thread counted",
-            || api.status(),
-            |status| realtime_threads(status) == expected,
-            |status| status["realtime_threads"].to_string(),
-        )
-        .await;
+/// Starts a server with `extra` and checks that exactly the threads of `realtime_roles` run
+/// real-time (where permitted; else none does), ordered by priority as the roles are, and
+/// that `/status` and `/metrics` count them.
+async fn check_scope(extra: &[&str], realtime_roles: &[&str]) {
+    let permitted = realtime_permitted();
+    let (server, api) = serve(extra).await;
+    let threads = audio_threads(server.pid());
+    assert_eq!(
+        threads.keys().collect::<Vec<_>>(),
+        ["fanout", "framer", "source"]
+    );
+    let realtime = |role: &str| permitted && realtime_roles.contains(&role);
+    let expected: u64 = threads
+        .iter()
+        .filter(|(role, _)| realtime(role))
+        .map(|(_, each)| each.len() as u64)
+        .sum();
+    let status = poll_until(
+        "the real-time threads counted",
+        || api.status(),
+        |status| realtime_threads(status) == expected,
+        |status| status["realtime_threads"].to_string(),
+    )
+    .await;
 
-        let threads = audio_threads(server.pid());
-        let policy = if permitted { FIFO } else { OTHER };
-        for (role, each) in &threads {
-            assert!(
-                each.iter()
-                    .all(|&(thread_policy, _)| thread_policy == policy),
-                "{role}: {threads:?}"
-            );
-        }
-        if permitted {
-            let priority_of = |role: &str| threads[role][0].1;
-            assert!(priority_of("source") > priority_of("framer"), "{threads:?}");
-            assert!(priority_of("framer") > priority_of("fanout"), "{threads:?}");
-            let fanout = priority_of("fanout");
-            assert!(fanout > 0 && threads["fanout"].iter().all(|&(_, p)| p == fanout));
-        }
-        let metrics = api.body("/metrics").await;
-        let line = format!("pcmcast_realtime_threads {}\n", realtime_threads(&status));
+    let threads = audio_threads(server.pid());
+    for (role, each) in &threads {
+        let policy = if realtime(role) { FIFO } else { OTHER };
         assert!(
-            String::from_utf8_lossy(&metrics).contains(&line),
-            "/metrics lacks {line:?}"
+            each.iter()
+                .all(|&(thread_policy, priority)| thread_policy == policy
+                    && (priority > 0) == (policy == FIFO)),
+            "{role}: {threads:?}"
         );
-    });
+    }
+    // Higher in the audio path, higher in priority; the threads of a role all alike.
+    let priorities: Vec<u32> = realtime_roles
+        .iter()
+        .filter(|role| realtime(role))
+        .map(|role| {
+            let priority = threads[*role][0].1;
+            assert!(
+                threads[*role].iter().all(|&(_, each)| each == priority),
+                "{threads:?}"
+            );
+            priority
+        })
+        .collect();
+    assert!(
+        priorities.windows(2).all(|pair| pair[0] > pair[1]),
+        "{threads:?}"
+    );
+    let metrics = api.body("/metrics").await;
+    let line = format!("pcmcast_realtime_threads {}\n", realtime_threads(&status));
+    assert!(
+        String::from_utf8_lossy(&metrics).contains(&line),
+        "/metrics lacks {line:?}"
+    );
 }
 
 #[test]
-fn no_realtime_keeps_the_audio_path_at_normal_priority() {
-    common::runtime().block_on(async {
-        let (server, api) = serve(&["--no-realtime"]).await;
-        assert_eq!(realtime_threads(&api.status().await), 0);
-        let threads = audio_threads(server.pid());
-        assert_eq!(
-            threads.keys().collect::<Vec<_>>(),
-            ["fanout", "framer", "source"]
-        );
-        for (role, each) in &threads {
-            assert!(
-                each.iter().all(|&thread| thread == (OTHER, 0)),
-                "{role}: {threads:?}"
-            );
-        }
-    });
+fn by_default_the_source_and_framer_run_real_time_where_permitted() {
+    common::runtime().block_on(check_scope(&[], &["source", "framer"]));
+}
+
+#[test]
+fn realtime_all_adds_the_fanout_threads_below_them() {
+    common::runtime().block_on(check_scope(
+        &["--realtime", "all"],
+        &["source", "framer", "fanout"],
+    ));
+}
+
+#[test]
+fn realtime_off_keeps_the_audio_path_at_normal_priority() {
+    common::runtime().block_on(check_scope(&["--realtime", "off"], &[]));
 }
