@@ -8,11 +8,15 @@
 //! normal priority, said once.
 //!
 //! By default only the source and the framer do: they are light, and a frame made on time is
-//! what every listener waits for. The fan-out threads ask for it with `--realtime all` only:
-//! measured at 1,000 listeners over loopback (4 interleaved pairs), real-time fan-out threads
-//! cost 20 % more CPU (244 against 204 µs per listener-second) for a p99 latency 0.15 ms
-//! better (24.09 against 24.24 ms). The kernel's send path is the same either way (its
-//! profile too); real-time, it takes longer.
+//! what every listener waits for. The fan-out threads ask for it with `--realtime all` only.
+//! Measured at 1,000 listeners over loopback, interleaved pairs:
+//! - on a quiet machine, real-time fan-out threads cost 20 % more CPU (244 against 204 µs per
+//!   listener-second) for a p99 latency 0.15 ms better (24.09 against 24.24 ms);
+//! - with a busy loop at normal priority on the machine, 8 % more CPU (230 against 213) for a
+//!   p99 latency 3.3 ms better (23.9 against 27.3 ms): then they are worth having.
+//!
+//! The kernel's send path is the same either way (its profile too); real-time, it takes
+//! longer.
 //!
 //! A real-time thread cannot be preempted by the rest of the server, so each must stay light:
 //! the source and the framer are, and a fan-out thread busy for more than half of a second gives
@@ -56,8 +60,8 @@ pub enum Scope {
     /// The paced source (tone, WAV) and the framer: each frame is made on time.
     #[default]
     Source,
-    /// The fan-out threads (PCM, WAV and NDJSON listeners) too: p99 latency a little steadier
-    /// under load, for about 20 % more CPU.
+    /// The fan-out threads (PCM, WAV and NDJSON listeners) too: for machines where other work
+    /// competes for the cores, at up to 20 % more CPU.
     All,
 }
 
