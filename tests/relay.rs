@@ -2,7 +2,8 @@
 //! the upstream's samples; when the upstream is killed it reports `reconnecting`, refuses the
 //! upstream while it comes back in another format, and resumes by itself once it is back, to
 //! the same listener after a seq jump; an upstream token and s16le pass through the URL; a bad
-//! `--relay` URL fails at once with one line.
+//! `--relay` URL fails at once with one line; a relay stops at once on SIGTERM even in the middle
+//! of a reconnect attempt that the upstream leaves hanging.
 
 mod common;
 
@@ -406,6 +407,107 @@ fn fake_server(answer: Option<&'static [u8]>) -> String {
         }
     });
     format!("http://{addr}/stream.pcm")
+}
+
+/// How the fake upstream of [`a_relay_stops_at_once_in_the_middle_of_a_reconnect`] leaves the
+/// relay's attempts after the first.
+#[derive(Clone, Copy, Debug)]
+enum Hang {
+    /// The connection is accepted, the request never answered.
+    Head,
+    /// The accept queue is full: the connection attempt (its SYN) is dropped.
+    Connect,
+}
+
+/// An upstream on loopback that serves its first connection a pcmcast raw PCM head and a frame,
+/// then ends it, and leaves each later one hanging as `hang` says. Returns its URL and its
+/// port; `hanging` gets a message when a later connection is accepted (`Head`), or once the
+/// queue is full (`Connect`).
+fn hanging_upstream(hang: Hang, hanging: std::sync::mpsc::Sender<()>) -> (String, u16) {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    let any: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
+    socket.bind(&any.into()).unwrap();
+    // Room for one connection that is not accepted yet.
+    socket.listen(0).unwrap();
+    let listener: TcpListener = socket.into();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let (mut first, _) = listener.accept().unwrap();
+        let _ = first.read(&mut [0; 1024]);
+        let head = "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n\
+                    X-Pcm-Format: f32le\r\nX-Pcm-Rate: 16000\r\nX-Pcm-Channels: 2\r\n\
+                    X-Pcm-Frame-Size: 512\r\nConnection: close\r\n\r\n";
+        first.write_all(head.as_bytes()).unwrap();
+        first.write_all(&[0; 512 * 2 * 4]).unwrap();
+        let mut held = Vec::new();
+        if let Hang::Connect = hang {
+            // Fills the queue before the relay tries again; nothing is accepted any more.
+            held.push(std::net::TcpStream::connect(addr).unwrap());
+        }
+        drop(first);
+        match hang {
+            Hang::Head => {
+                for stream in listener.incoming().map_while(Result::ok) {
+                    held.push(stream);
+                    let _ = hanging.send(());
+                }
+            }
+            Hang::Connect => {
+                let _ = hanging.send(());
+                std::thread::park();
+            }
+        }
+    });
+    (format!("http://{addr}/stream.pcm"), addr.port())
+}
+
+/// Whether this machine has a TCP socket in SYN_SENT towards port `port` of loopback
+/// (/proc/net/tcp: remote address 0100007F:PORT, state 02).
+fn connecting_to(port: u16) -> bool {
+    let remote = format!("0100007F:{port:04X}");
+    std::fs::read_to_string("/proc/net/tcp")
+        .unwrap()
+        .lines()
+        .skip(1)
+        .any(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            fields[2] == remote && fields[3] == "02"
+        })
+}
+
+#[test]
+fn a_relay_stops_at_once_in_the_middle_of_a_reconnect() {
+    for hang in [Hang::Head, Hang::Connect] {
+        let (sender, hanging) = std::sync::mpsc::channel();
+        let (url, port) = hanging_upstream(hang, sender);
+        let mut relay = common::spawn(&["--relay", &url]);
+        // Head: a reconnect attempt was accepted. Connect: the queue is full, and then the
+        // relay's attempt must be pending.
+        hanging
+            .recv_timeout(Duration::from_secs(5))
+            .unwrap_or_else(|_| panic!("{hang:?}: the upstream hangs within 5 s"));
+        if let Hang::Connect = hang {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while !connecting_to(port) {
+                assert!(
+                    Instant::now() < deadline,
+                    "{hang:?}: no attempt in SYN_SENT"
+                );
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+        let asked = Instant::now();
+        relay.terminate();
+        let exit = common::wait_for_exit(&mut relay.child, Duration::from_secs(10));
+        let took = asked.elapsed();
+        println!("{hang:?}: exited {exit:?} {took:.2?} after SIGTERM");
+        assert!(
+            exit.is_some_and(|status| status.success()),
+            "{hang:?}: {exit:?}"
+        );
+        // The attempt's own limit is 3 s; cancellation is noticed every 50 ms.
+        assert!(took < Duration::from_secs(1), "{hang:?}: {took:?}");
+    }
 }
 
 #[test]

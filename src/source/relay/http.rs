@@ -2,13 +2,15 @@
 //! its response head, and its body read incrementally (chunked, sized or until close).
 //!
 //! Blocking on purpose: the relay runs on the source thread like capture does, and
-//! `Pcmcast::open` (synchronous) must see the upstream answer before the server binds. Reads
-//! after the head time out every [`POLL_INTERVAL`], so the caller can notice cancellation and a
-//! stalled upstream without another thread.
+//! `Pcmcast::open` (synchronous) must see the upstream answer before the server binds. Every
+//! wait (connecting, the head, the body) hands control back at least every [`POLL_INTERVAL`], so
+//! that cancellation and a stalled upstream are noticed without another thread.
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
 
 use super::chunked::{ChunkedDecoder, ChunkedError};
 use super::url::RelayUrl;
@@ -26,6 +28,8 @@ pub enum HttpError {
     Connect(#[from] ConnectError),
     #[error("no response within {0:?}")]
     Timeout(Duration),
+    #[error("cancelled")]
+    Cancelled,
     #[error("the connection failed")]
     Io(#[source] io::Error),
     #[error("the server closed the connection without answering")]
@@ -103,10 +107,15 @@ pub struct Response {
     buffer: Box<[u8]>,
 }
 
-/// Sends `GET url` and reads the response head, all within `timeout`.
-pub fn get(url: &RelayUrl, timeout: Duration) -> Result<Response, HttpError> {
+/// Sends `GET url` and reads the response head, all within `timeout`; gives up with
+/// [`HttpError::Cancelled`] within [`POLL_INTERVAL`] of `cancel` firing.
+pub fn get(
+    url: &RelayUrl,
+    timeout: Duration,
+    cancel: &CancellationToken,
+) -> Result<Response, HttpError> {
     let deadline = Instant::now() + timeout;
-    let mut stream = connect(url, deadline)?;
+    let mut stream = connect(url, deadline, cancel)?;
     let request = format!(
         "GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: pcmcast/{} (relay)\r\nAccept: */*\r\n\
          Connection: close\r\n\r\n",
@@ -120,7 +129,7 @@ pub fn get(url: &RelayUrl, timeout: Duration) -> Result<Response, HttpError> {
     stream
         .write_all(request.as_bytes())
         .map_err(HttpError::Io)?;
-    let (head, early) = read_head(&mut stream, deadline, timeout)?;
+    let (head, early) = read_head(&mut stream, deadline, timeout, cancel)?;
     let body = body_kind(&head)?;
     stream
         .set_read_timeout(Some(POLL_INTERVAL))
@@ -135,24 +144,67 @@ pub fn get(url: &RelayUrl, timeout: Duration) -> Result<Response, HttpError> {
 }
 
 /// Connects to the first address of the host that accepts, before `deadline`.
-fn connect(url: &RelayUrl, deadline: Instant) -> Result<TcpStream, HttpError> {
+fn connect(
+    url: &RelayUrl,
+    deadline: Instant,
+    cancel: &CancellationToken,
+) -> Result<TcpStream, HttpError> {
     let server = url.server();
     let addrs: Vec<SocketAddr> = (server.host(), server.port())
         .to_socket_addrs()
         .map_err(|error| server.unresolved(error))?
         .collect();
     let mut last_error = io::Error::new(io::ErrorKind::NotFound, "the host has no address");
-    for addr in &addrs {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            break;
-        }
-        match TcpStream::connect_timeout(addr, left) {
-            Ok(stream) => return Ok(stream),
+    for &addr in &addrs {
+        match connect_to(addr, deadline, cancel) {
+            Ok(Some(stream)) => return Ok(stream),
+            Ok(None) => return Err(HttpError::Cancelled),
             Err(error) => last_error = error,
         }
     }
     Err(server.unreachable(last_error).into())
+}
+
+/// Connects to `addr` before `deadline` (a blocking stream), or `None` once `cancel` fires: a
+/// host that drops the connection attempt keeps it pending for seconds.
+fn connect_to(
+    addr: SocketAddr,
+    deadline: Instant,
+    cancel: &CancellationToken,
+) -> io::Result<Option<TcpStream>> {
+    let mut stream = mio::net::TcpStream::connect(addr)?;
+    let mut poll = mio::Poll::new()?;
+    poll.registry()
+        .register(&mut stream, mio::Token(0), mio::Interest::WRITABLE)?;
+    let mut events = mio::Events::with_capacity(1);
+    loop {
+        if cancel.is_cancelled() {
+            return Ok(None);
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::ErrorKind::TimedOut.into());
+        }
+        match poll.poll(&mut events, Some(left.min(POLL_INTERVAL))) {
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+            polled => polled?,
+        }
+        if events.is_empty() {
+            continue;
+        }
+        if let Some(error) = stream.take_error()? {
+            return Err(error);
+        }
+        // Writable and connected, unless the wake-up was spurious.
+        match stream.peer_addr() {
+            Ok(_) => break,
+            Err(error) if error.kind() == io::ErrorKind::NotConnected => {}
+            Err(error) => return Err(error),
+        }
+    }
+    let stream = TcpStream::from(stream);
+    stream.set_nonblocking(false)?;
+    Ok(Some(stream))
 }
 
 /// Reads up to the end of the head; returns the head and the body bytes read past it.
@@ -160,21 +212,28 @@ fn read_head(
     stream: &mut TcpStream,
     deadline: Instant,
     timeout: Duration,
+    cancel: &CancellationToken,
 ) -> Result<(ResponseHead, Vec<u8>), HttpError> {
     let mut read_so_far = Vec::with_capacity(1024);
     let mut buffer = [0u8; 4096];
     loop {
+        if cancel.is_cancelled() {
+            return Err(HttpError::Cancelled);
+        }
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             return Err(HttpError::Timeout(timeout));
         }
-        stream.set_read_timeout(Some(left)).map_err(HttpError::Io)?;
+        stream
+            .set_read_timeout(Some(left.min(POLL_INTERVAL)))
+            .map_err(HttpError::Io)?;
         let read = match stream.read(&mut buffer) {
             Ok(0) if read_so_far.is_empty() => return Err(HttpError::NoAnswer),
             Ok(0) => return Err(HttpError::NotHttp),
             Ok(read) => read,
-            Err(error) if is_timeout(&error) => return Err(HttpError::Timeout(timeout)),
-            Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+            Err(error) if is_timeout(&error) || error.kind() == io::ErrorKind::Interrupted => {
+                continue;
+            }
             Err(error) => return Err(HttpError::Io(error)),
         };
         read_so_far.extend_from_slice(&buffer[..read]);

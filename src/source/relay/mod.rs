@@ -11,8 +11,8 @@
 //! refused (logged) and retried. The framer sees the outage as missing audio against the wall
 //! clock, so listeners get a `seq`/`pts` jump, as with a capture device that failed.
 //!
-//! Every wait in the supervisor ends within `http::POLL_INTERVAL` of cancellation, except a
-//! reconnect attempt in progress, which is bounded by `OPEN_TIMEOUT` instead.
+//! Every wait in the supervisor, a reconnect attempt's included, ends within
+//! `http::POLL_INTERVAL` of cancellation (resolving the host's name aside).
 
 mod chunked;
 mod http;
@@ -105,7 +105,7 @@ pub struct Relay {
 
 /// Connects to the upstream and reads its stream format.
 pub fn open(url: &RelayUrl) -> Result<Relay, RelayError> {
-    let upstream = connect(url)?;
+    let upstream = connect(url, &CancellationToken::new())?;
     Ok(Relay {
         info: SourceInfo {
             kind: "relay",
@@ -117,8 +117,8 @@ pub fn open(url: &RelayUrl) -> Result<Relay, RelayError> {
     })
 }
 
-fn connect(url: &RelayUrl) -> Result<Upstream, RelayError> {
-    let response = http::get(url, OPEN_TIMEOUT)?;
+fn connect(url: &RelayUrl, cancel: &CancellationToken) -> Result<Upstream, RelayError> {
+    let response = http::get(url, OPEN_TIMEOUT, cancel)?;
     if response.head.status != 200 {
         return Err(RelayError::Status {
             status: response.head.status,
@@ -181,7 +181,7 @@ impl Relay {
         while !cancel.is_cancelled() {
             let attempt = match next.take() {
                 Some(upstream) => Ok(upstream),
-                None => reconnect(&url, info.format),
+                None => reconnect(&url, info.format, cancel),
             };
             let fault = match attempt {
                 Ok(upstream) => {
@@ -191,6 +191,7 @@ impl Relay {
                     }
                     fault
                 }
+                Err(RelayError::Http(HttpError::Cancelled)) => None,
                 Err(error) => Some(error),
             };
             let Some(fault) = fault else { return };
@@ -208,8 +209,12 @@ impl Relay {
 }
 
 /// Connects again, refusing an upstream whose format is no longer `serving`.
-fn reconnect(url: &RelayUrl, serving: StreamFormat) -> Result<Upstream, RelayError> {
-    let upstream = connect(url)?;
+fn reconnect(
+    url: &RelayUrl,
+    serving: StreamFormat,
+    cancel: &CancellationToken,
+) -> Result<Upstream, RelayError> {
+    let upstream = connect(url, cancel)?;
     if upstream.format != serving {
         return Err(RelayError::FormatChanged {
             serving: describe(serving),
