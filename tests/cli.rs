@@ -298,12 +298,14 @@ fn help_names_every_option_and_the_client_recipes() {
 
 #[test]
 fn a_file_played_once_ends_the_stream_and_the_process_cleanly() {
-    let dir = common::scratch_dir("a_file_played_once");
-    let wav = dir.join("once.wav");
     let (rate_hz, channels, frame_size) = (44_100, 2, 256);
-    let samples = common::noise(rate_hz as usize * 8 / 10 * channels, 16, 7);
-    common::write_int_wav(&wav, rate_hz, channels as u16, 16, &samples);
-    let expected: Vec<f32> = samples.iter().map(|&s| s as f32 / 32_768.0).collect();
+    let (wav, expected) = common::noise_wav(
+        "a_file_played_once",
+        rate_hz,
+        channels,
+        rate_hz as usize * 8 / 10,
+        7,
+    );
 
     let mut process = common::spawn(&["--wav", path_str(&wav), "--frame-size", "256"]);
     let curl = common::output_within(

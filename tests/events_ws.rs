@@ -627,10 +627,9 @@ async fn the_end_of_the_source_ends_sse_and_ws() {
         Some(last_seq),
         "WebSocket got up to the file's last frame"
     );
-    within(Duration::from_secs(10), "the server exiting", server.handle)
-        .await
-        .unwrap()
-        .expect("the server exits cleanly at the end of the file");
+    server
+        .exits_by_itself(Duration::from_secs(10), "at the end of the file")
+        .await;
 }
 
 /// With the hub full, `/events` and the `/ws` handshake are refused with 503 (and Retry-After)

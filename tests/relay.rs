@@ -25,13 +25,10 @@ const UPSTREAM_FRAME_SIZE: usize = 512;
 /// Different from the upstream's: the relay cuts its own frames.
 const RELAY_FRAME_SIZE: usize = 300;
 
-/// A looped stereo noise file of 2 s, and its samples as pcmcast streams them.
+/// A stereo noise file of 2 s (looped by the upstream), and its samples as pcmcast streams
+/// them.
 fn noise_wav(test: &str) -> (std::path::PathBuf, Vec<f32>) {
-    let path = common::scratch_dir(test).join("noise.wav");
-    let samples = common::noise(RATE_HZ as usize * 2 * CHANNELS, 16, 11);
-    common::write_int_wav(&path, RATE_HZ, CHANNELS as u16, 16, &samples);
-    let expected = samples.iter().map(|&s| s as f32 / 32_768.0).collect();
-    (path, expected)
+    common::noise_wav(test, RATE_HZ, CHANNELS, 2 * RATE_HZ as usize, 11)
 }
 
 /// The real binary with `args`, listening on `port` of loopback (0: any).

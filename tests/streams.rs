@@ -17,7 +17,6 @@ mod common;
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -123,22 +122,6 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack
         .windows(needle.len())
         .position(|window| window == needle)
-}
-
-/// A 16-bit WAV of `sample_frames` of noise in `test`'s scratch directory: its path, and its
-/// samples as f32 (what the stream carries).
-fn noise_wav(
-    test: &str,
-    rate_hz: u32,
-    channels: usize,
-    sample_frames: usize,
-    seed: u64,
-) -> (PathBuf, Vec<f32>) {
-    let samples = common::noise(sample_frames * channels, 16, seed);
-    let path = common::scratch_dir(test).join("noise.wav");
-    common::write_int_wav(&path, rate_hz, channels as u16, 16, &samples);
-    let file = samples.iter().map(|&s| s as f32 / 32768.0).collect();
-    (path, file)
 }
 
 /// A listener over raw HTTP/1.1 with a small receive buffer, that reads only when asked to:
@@ -350,7 +333,7 @@ async fn pcm_listeners_get_the_file_exactly_until_it_ends() {
     // Two seconds and a bit: the last frame is short.
     let sample_frames = 2 * RATE_HZ as usize + 500;
     assert_ne!(sample_frames % FRAME_SIZE, 0);
-    let (path, file) = noise_wav(
+    let (path, file) = common::noise_wav(
         "pcm_listeners_get_the_file_exactly",
         RATE_HZ,
         CHANNELS,
@@ -400,14 +383,9 @@ async fn pcm_listeners_get_the_file_exactly_until_it_ends() {
     );
 
     // Its streams are over: nothing should keep it waiting (its shutdown grace is 5 s).
-    within(
-        Duration::from_secs(2),
-        "the server exits after the file",
-        server.handle,
-    )
-    .await
-    .expect("the server task completes")
-    .expect("the server exits without error");
+    server
+        .exits_by_itself(Duration::from_secs(2), "after the file")
+        .await;
 }
 
 /// A listener that has not read for a while when the file ends, far more behind than the
@@ -422,7 +400,7 @@ async fn a_listener_behind_when_the_file_ends_still_gets_all_of_it() {
     // sockets. A backlog of 200 frames (4.3 s) keeps the listener from being skipped forward
     // or dropped meanwhile.
     let sample_frames = 2 * RATE_HZ as usize + 300;
-    let (path, file) = noise_wav(
+    let (path, file) = common::noise_wav(
         "a_listener_behind_when_the_file_ends",
         RATE_HZ,
         CHANNELS,
@@ -480,14 +458,9 @@ async fn a_listener_behind_when_the_file_ends_still_gets_all_of_it() {
         bytes > 4 * SEND_BUFFER_BYTES,
         "more than the sockets hold waited in the server: {bytes} bytes in all"
     );
-    within(
-        Duration::from_secs(2),
-        "the server exits after the file",
-        server.handle,
-    )
-    .await
-    .expect("the server task completes")
-    .expect("the server exits without error");
+    server
+        .exits_by_itself(Duration::from_secs(2), "after the file")
+        .await;
 }
 
 /// s16le carries a 16-bit file's samples exactly; both formats announce themselves.
@@ -497,7 +470,7 @@ async fn pcm_formats_carry_exact_samples_and_describe_themselves() {
     const CHANNELS: usize = 2;
     const FRAME_SIZE: usize = 480;
     const FRAMES: usize = 25;
-    let (path, file) = noise_wav(
+    let (path, file) = common::noise_wav(
         "pcm_formats_carry_exact_samples",
         RATE_HZ,
         CHANNELS,

@@ -102,11 +102,12 @@ async fn play_once(case: Case, path: PathBuf, frames_in_file: usize) -> Vec<f32>
         .bytes()
         .await
         .unwrap_or_else(|e| panic!("{case:?}: the stream ends cleanly: {e}"));
-    tokio::time::timeout(Duration::from_secs(10), server.handle)
-        .await
-        .unwrap_or_else(|_| panic!("{case:?}: the server stops by itself after the file"))
-        .unwrap()
-        .unwrap_or_else(|e| panic!("{case:?}: the server returns Ok, not {e}"));
+    server
+        .exits_by_itself(
+            Duration::from_secs(10),
+            &format!("after the file of {case:?}"),
+        )
+        .await;
     assert_eq!(body.len() % 4, 0, "{case:?}: whole f32 samples");
     common::f32le(&body)
 }

@@ -100,6 +100,15 @@ impl Server {
             .unwrap()
             .expect("server ran without error");
     }
+
+    /// Waits up to `limit` for `run` to return by itself (`when`: after what), without error.
+    pub async fn exits_by_itself(self, limit: Duration, when: &str) {
+        tokio::time::timeout(limit, self.handle)
+            .await
+            .unwrap_or_else(|_| panic!("the server exits {when} within {limit:?}"))
+            .expect("the server task completes")
+            .expect("the server exits without error");
+    }
 }
 
 /// The real `pcmcast` binary, started with `args` and `--bind 127.0.0.1:0`.
@@ -298,6 +307,22 @@ pub fn write_float_wav(path: &Path, rate_hz: u32, channels: u16, samples: &[f32]
         writer.write_sample(s).unwrap();
     }
     writer.finalize().unwrap();
+}
+
+/// A 16-bit WAV of `sample_frames` of [`noise`] in `test`'s scratch directory: its path, and
+/// its samples as f32 (what the stream carries).
+pub fn noise_wav(
+    test: &str,
+    rate_hz: u32,
+    channels: usize,
+    sample_frames: usize,
+    seed: u64,
+) -> (PathBuf, Vec<f32>) {
+    let samples = noise(sample_frames * channels, 16, seed);
+    let path = scratch_dir(test).join("noise.wav");
+    write_int_wav(&path, rate_hz, channels as u16, 16, &samples);
+    let file = samples.iter().map(|&s| s as f32 / 32_768.0).collect();
+    (path, file)
 }
 
 /// Deterministic pseudo-random integer samples spanning the full range of `bits` bits, so that
